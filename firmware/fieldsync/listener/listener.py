@@ -1,0 +1,345 @@
+"""``URLEndpointListener``: the passive peer that Couchbase Lite replicators connect to.
+
+It owns the listening socket, the HTTP upgrade (routing by path, subprotocol choice,
+authentication) and TLS, and hands each accepted WebSocket to a ``PassiveReplicator``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from typing import Any
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.http11 import Request, Response
+
+from fieldsync.blip import BLIPSession
+from fieldsync.listener import handshake
+from fieldsync.listener.config import URLEndpointListenerConfiguration
+from fieldsync.listener.sockets import (
+    BindTarget,
+    format_url,
+    open_listening_socket,
+    usable_addresses,
+)
+from fieldsync.replication.messages import SUPPORTED_SUBPROTOCOLS
+from fieldsync.replication.notifier import ChangeNotifier
+from fieldsync.replication.passive import PassiveReplicator
+from fieldsync.replication.stats import ReplicationStats
+
+log = logging.getLogger(__name__)
+
+#: WebSocket close code for "going away" (the listener is stopping).
+CLOSE_GOING_AWAY = 1001
+
+
+@dataclass(frozen=True)
+class ConnectionStatus:
+    """``connection_count``: open connections; ``active_connection_count``: busy replicating."""
+
+    connection_count: int
+    active_connection_count: int
+
+
+@dataclass
+class ConnectionInfo:
+    """One open replication connection, for logs and the status report."""
+
+    peer: str
+    database: str
+    user: str | None
+    subprotocol: str
+    stats: ReplicationStats = field(default_factory=ReplicationStats)
+    connected_at: float = field(default_factory=time.time)
+
+    @property
+    def busy(self) -> bool:
+        return self.stats.busy
+
+
+class _DatabaseCollections(Mapping[str, Any]):
+    """Every collection of a database, looked up when a peer asks for it."""
+
+    def __init__(self, database: Any) -> None:
+        self._database = database
+
+    def __getitem__(self, full_name: str) -> Any:
+        scope, _, name = full_name.rpartition(".")
+        collection = self._database.get_collection(name, scope or "_default")
+        if collection is None:
+            raise KeyError(full_name)
+        return collection
+
+    def __iter__(self) -> Iterator[str]:
+        return iter([c.full_name for c in self._database.collections()])
+
+    def __len__(self) -> int:
+        return len(self._database.collections())
+
+
+class URLEndpointListener:
+    """A passive replication endpoint, as Couchbase Lite's ``URLEndpointListener``."""
+
+    def __init__(self, config: URLEndpointListenerConfiguration) -> None:
+        config.validate()
+        self.config = config
+        self._databases = {db.name: db for db in config.served_databases()}
+        self._target = BindTarget.parse(config.network_interface)
+        self._server: Server | None = None
+        self._port: int | None = None
+        self._tls_identity: Any = None
+        self._ssl_context: ssl.SSLContext | None = None
+        self._notifiers: dict[str, ChangeNotifier] = {}
+        self._connections: dict[ServerConnection, ConnectionInfo] = {}
+        self._pending: dict[int, tuple[str, str, str | None]] = {}
+
+    # -- public API ---------------------------------------------------------------------------
+
+    @property
+    def port(self) -> int | None:
+        """The port listened on (the OS's choice when configured as 0); None when stopped."""
+        return self._port
+
+    @property
+    def tls_identity(self) -> Any:
+        """The TLS identity presented to clients (None with TLS disabled or when stopped)."""
+        return self._tls_identity
+
+    @property
+    def urls(self) -> list[str]:
+        """One URL per usable address and database (empty when stopped)."""
+        if self._port is None:
+            return []
+        scheme = "ws" if self.config.disable_tls else "wss"
+        return [
+            format_url(scheme, address, self._port, name)
+            for address in usable_addresses(self._target)
+            for name in self._databases
+        ]
+
+    @property
+    def status(self) -> ConnectionStatus:
+        infos = list(self._connections.values())
+        return ConnectionStatus(len(infos), sum(1 for info in infos if info.busy))
+
+    def connections(self) -> list[ConnectionInfo]:
+        return list(self._connections.values())
+
+    async def start(self) -> None:
+        """Open the socket and accept connections. Raises OSError/InterfaceError if it can't."""
+        if self._server is not None:
+            return
+        self._ssl_context = None
+        self._tls_identity = None
+        if not self.config.disable_tls:
+            self._tls_identity, self._ssl_context = self._make_tls()
+        sock = open_listening_socket(self._target, self.config.port)
+        try:
+            self._server = await serve(
+                self._handle_connection,
+                sock=sock,
+                ssl=self._ssl_context,
+                subprotocols=list(SUPPORTED_SUBPROTOCOLS),
+                select_subprotocol=self._select_subprotocol,
+                process_request=self._process_request,
+                compression=None,
+                max_size=None,
+                ping_interval=60,
+                ping_timeout=60,
+                server_header="fieldsync",
+            )
+        except BaseException:
+            sock.close()
+            raise
+        self._port = sock.getsockname()[1]
+        for name, database in self._databases.items():
+            self._notifiers[name] = ChangeNotifier(database)
+        _register(self)
+        log.info("listening on %s", ", ".join(self.urls) or f"port {self._port}")
+
+    async def stop(self) -> None:
+        """Close every connection (WebSocket 1001) and stop listening."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        _unregister(self)
+        server.close(close_connections=True)
+        await server.wait_closed()
+        self._port = None
+        self._notifiers.clear()
+        log.info("listener stopped")
+
+    def start_blocking(self) -> None:
+        """Run the listener until interrupted (a blocking convenience for scripts)."""
+
+        async def main() -> None:
+            await self.start()
+            try:
+                await asyncio.Event().wait()
+            finally:
+                await self.stop()
+
+        asyncio.run(main())
+
+    async def __aenter__(self) -> URLEndpointListener:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    # -- TLS ----------------------------------------------------------------------------------
+
+    def _make_tls(self) -> tuple[Any, ssl.SSLContext]:
+        from fieldsync.tls.context import server_ssl_context
+        from fieldsync.tls.identity import TLSIdentity
+
+        identity = self.config.tls_identity
+        if identity is None:
+            label = "listener-" + "-".join(sorted(self._databases))
+            identity = TLSIdentity.anonymous_identity(label, keystore=self.config.keystore)
+        authenticator = self.config.authenticator
+        client_auth = authenticator if _wants_client_certificate(authenticator) else None
+        return identity, server_ssl_context(identity, client_auth=client_auth)
+
+    # -- the HTTP upgrade ---------------------------------------------------------------------
+
+    def _select_subprotocol(self, _connection: ServerConnection, offered: Any) -> Any:
+        chosen = handshake.choose_subprotocol(list(offered))
+        return None if isinstance(chosen, handshake.Refusal) else chosen
+
+    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        peer = _peer_name(connection)
+        decision = handshake.decide(
+            request.path, request.headers.get_all("Sec-WebSocket-Protocol"), self._databases
+        )
+        if isinstance(decision, handshake.Refusal):
+            log.info("%s: refused %s: %d %s", peer, request.path, decision.status, decision.message)
+            return _http_error(decision.status, decision.message, decision.headers)
+        user = None
+        authenticator = self.config.authenticator
+        if authenticator is not None:
+            result = self._authenticate(connection, request, authenticator)
+            if not result.ok:
+                log.warning("%s: authentication failed: %s", peer, result.reason)
+                return _http_error(
+                    401,
+                    "authentication required",
+                    (("WWW-Authenticate", 'Basic realm="fieldsync"'),)
+                    if not _wants_client_certificate(authenticator)
+                    else (),
+                )
+            user = result.username
+        self._pending[id(connection)] = (decision.database_name, decision.subprotocol, user)
+        return None
+
+    def _authenticate(
+        self, connection: ServerConnection, request: Request, authenticator: Any
+    ) -> Any:
+        from fieldsync.listener.auth import check_basic_auth, peer_certificate_chain
+
+        if _wants_client_certificate(authenticator):
+            ssl_object = connection.transport.get_extra_info("ssl_object")
+            return authenticator.authenticate(peer_certificate_chain(ssl_object))
+        return check_basic_auth(authenticator, request.headers.get("Authorization"))
+
+    # -- connections --------------------------------------------------------------------------
+
+    async def _handle_connection(self, connection: ServerConnection) -> None:
+        pending = self._pending.pop(id(connection), None)
+        if pending is None:  # pragma: no cover - process_request always records acceptance
+            await connection.close(1011, "internal error")
+            return
+        database_name, subprotocol, user = pending
+        database = self._databases[database_name]
+        peer = _peer_name(connection)
+        info = ConnectionInfo(peer, database_name, user, subprotocol)
+        self._connections[connection] = info
+        session = BLIPSession(connection, name=peer)
+        collections = self.config.collections_of(database) or _DatabaseCollections(database)
+        replicator = PassiveReplicator(
+            session,
+            database,
+            collections,
+            notifier=self._notifiers[database_name],
+            read_only=self.config.read_only,
+            enable_delta_sync=self.config.enable_delta_sync,
+            stats=info.stats,
+        )
+        log.info(
+            "%s: connected to /%s%s (%s)",
+            peer,
+            database_name,
+            f" as {user}" if user else "",
+            subprotocol,
+        )
+        try:
+            await replicator.run()
+        finally:
+            del self._connections[connection]
+            stats = info.stats
+            log.info(
+                "%s: disconnected (%s %s): %d docs received, %d sent, %d errors%s",
+                peer,
+                connection.close_code,
+                connection.close_reason or "",
+                stats.docs_in,
+                stats.docs_out,
+                stats.errors,
+                f" (last: {stats.last_error})" if stats.last_error else "",
+            )
+
+
+def _wants_client_certificate(authenticator: Any) -> bool:
+    return type(authenticator).__name__ == "ListenerCertificateAuthenticator"
+
+
+def _peer_name(connection: ServerConnection) -> str:
+    address = connection.remote_address
+    if not address:
+        return "peer"
+    host, port = address[0], address[1]
+    if host.startswith("::ffff:"):
+        host = host[7:]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _http_error(status: int, message: str, headers: tuple[tuple[str, str], ...] = ()) -> Response:
+    body = (message + "\n").encode()
+    response_headers = Headers(
+        [
+            ("Content-Type", "text/plain; charset=utf-8"),
+            ("Content-Length", str(len(body))),
+            ("Connection", "close"),
+            *headers,
+        ]
+    )
+    return Response(status, HTTPStatus(status).phrase, response_headers, body)
+
+
+# -- closing a database stops its listeners ----------------------------------------------------
+
+_running: set[URLEndpointListener] = set()
+
+
+def _register(listener: URLEndpointListener) -> None:
+    _running.add(listener)
+
+
+def _unregister(listener: URLEndpointListener) -> None:
+    _running.discard(listener)
+
+
+def listeners_serving(database: Any) -> list[URLEndpointListener]:
+    """The running listeners that serve ``database``."""
+    return [
+        listener
+        for listener in _running
+        if any(db is database for db in listener._databases.values())
+    ]

@@ -1,0 +1,71 @@
+"""Batching incoming revisions into durable transactions.
+
+Revisions arriving close together are inserted in one SQLite transaction (LiteCore batches
+the same way: up to 100 revisions or 20 ms). Each caller gets its own result only once the
+transaction holding its revision has durably committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from fieldsync.replication.messages import INSERTION_BATCH_SIZE, INSERTION_DELAY
+from fieldsync.store import IncomingRevision, InsertResult
+
+log = logging.getLogger(__name__)
+
+
+class Inserter:
+    """Collects revisions per collection and commits them in batches."""
+
+    def __init__(
+        self, *, batch_size: int = INSERTION_BATCH_SIZE, delay: float = INSERTION_DELAY
+    ) -> None:
+        self._batch_size = batch_size
+        self._delay = delay
+        self._pending: list[tuple[Any, IncomingRevision, asyncio.Future[InsertResult]]] = []
+        self._timer: asyncio.TimerHandle | None = None
+
+    def insert(self, collection: Any, revision: IncomingRevision) -> asyncio.Future[InsertResult]:
+        """Queue a revision; the future resolves after its batch commits."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[InsertResult] = loop.create_future()
+        self._pending.append((collection, revision, future))
+        if len(self._pending) >= self._batch_size:
+            self.flush()
+        elif self._timer is None:
+            self._timer = loop.call_later(self._delay, self.flush)
+        return future
+
+    def flush(self) -> None:
+        """Commit everything queued, one transaction per collection."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        pending, self._pending = self._pending, []
+        by_collection: dict[int, tuple[Any, list[tuple[IncomingRevision, asyncio.Future]]]] = {}
+        for collection, revision, future in pending:
+            by_collection.setdefault(id(collection), (collection, []))[1].append((revision, future))
+        for collection, items in by_collection.values():
+            try:
+                results = collection.insert_revisions([rev for rev, _ in items])
+            except Exception as exc:  # a failed transaction fails every revision in it
+                log.error(
+                    "inserting %d revisions into %s failed: %s",
+                    len(items),
+                    getattr(collection, "full_name", collection),
+                    exc,
+                )
+                for _, future in items:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for (_, future), result in zip(items, results, strict=True):
+                if not future.done():
+                    future.set_result(result)
+
+    def close(self) -> None:
+        """Commit what is queued (revisions already received stay durable)."""
+        self.flush()

@@ -1,0 +1,372 @@
+"""Sending one collection's changes and revisions to the peer.
+
+The passive side runs a Pusher when the peer sends ``subChanges`` (the phone pulls); the active
+replicator runs one to push. The Pusher announces changes in batches (``changes``, or
+``proposeChanges`` when active), sends each revision the peer asks for as a ``rev`` message
+with its history cut at what the peer knows, and remembers the blobs it sent so that the
+peer's ``getAttachment`` requests can be authorised.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from fieldsync.blip import BLIPSession, IncomingResponse
+from fieldsync.replication import decisions
+from fieldsync.replication.messages import (
+    CHANGES,
+    CHANGES_BATCH_SIZE,
+    DEFAULT_MAX_HISTORY,
+    MAX_CHANGE_LISTS_IN_FLIGHT,
+    NOREV,
+    PROPOSE_CHANGES,
+    REV,
+    encode_json,
+    format_history,
+    is_true,
+    with_collection,
+)
+from fieldsync.replication.notifier import ChangeNotifier
+from fieldsync.replication.sequences import SequenceTracker
+from fieldsync.replication.stats import ReplicationStats
+from fieldsync.store import Change, find_blobs
+
+log = logging.getLogger(__name__)
+
+#: Revisions sent but not yet answered, per pusher (LiteCore bounds by bytes; 2 MB).
+MAX_REVS_AWAITING_REPLY = 64
+
+#: Delta encoder hook: (collection, doc_id, revision body, known ancestor revIDs) ->
+#: (deltaSrc revID, delta JSON bytes) or None to send the full body.
+DeltaEncoder = Callable[[Any, str, bytes, list[str]], "tuple[str, bytes] | None"]
+
+
+@dataclass
+class PushOptions:
+    """How a Pusher behaves; the defaults are the passive side's."""
+
+    continuous: bool = False
+    since: int = 0
+    batch_size: int = CHANGES_BATCH_SIZE
+    active_only: bool = False
+    doc_ids: frozenset[str] | None = None
+    send_replacement_revs: bool = False
+    propose: bool = False  # active side: proposeChanges + noconflicts
+    delta_encoder: DeltaEncoder | None = None
+    remote_revs: dict[str, str] = field(default_factory=dict)  # active: doc -> peer's revID
+
+
+class Pusher:
+    """Feeds a collection's changes to the peer until caught up (or forever, if continuous)."""
+
+    def __init__(
+        self,
+        session: BLIPSession,
+        collection: Any,
+        collection_index: int | None,
+        *,
+        options: PushOptions,
+        stats: ReplicationStats,
+        notifier: ChangeNotifier | None,
+        served_blobs: set[str],
+        tracker: SequenceTracker | None = None,
+        on_caught_up: Callable[[], None] | None = None,
+    ) -> None:
+        self._session = session
+        self._collection = collection
+        self._index = collection_index
+        self._options = options
+        self._stats = stats
+        self._notifier = notifier
+        self._served_blobs = served_blobs
+        self.tracker = tracker or SequenceTracker(options.since)
+        self._on_caught_up = on_caught_up
+        self._lists = asyncio.Semaphore(MAX_CHANGE_LISTS_IN_FLIGHT)
+        self._revs = asyncio.Semaphore(MAX_REVS_AWAITING_REPLY)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._deltas_ok = False
+        self.caught_up = asyncio.Event()
+        self.failed: BaseException | None = None
+        self.conflicts: list[tuple[str, str]] = []
+
+    @property
+    def name(self) -> str:
+        return self._collection.full_name
+
+    async def run(self) -> None:
+        """Send changes until caught up; when continuous, keep sending as the database changes."""
+        event = None
+        if self._options.continuous and self._notifier is not None:
+            event = self._notifier.subscribe(self._collection)
+        try:
+            last = self._options.since
+            announced_caught_up = False
+            while True:
+                if event is not None:
+                    event.clear()
+                changes = self._collection.changes_since(
+                    last,
+                    limit=self._options.batch_size,
+                    doc_ids=self._options.doc_ids,
+                    active_only=self._options.active_only,
+                )
+                if changes:
+                    last = changes[-1].sequence
+                    await self._lists.acquire()
+                    self._spawn(self._announce(changes))
+                    continue
+                if not announced_caught_up:
+                    announced_caught_up = True
+                    await self._finish_backlog(last)
+                if not self._options.continuous or event is None:
+                    return
+                await event.wait()
+        finally:
+            if event is not None and self._notifier is not None:
+                self._notifier.unsubscribe(self._collection, event)
+
+    async def _finish_backlog(self, last: int) -> None:
+        """The whole backlog is announced: tell the peer (passive), then wait for the revs."""
+        if not self._options.propose:
+            # LiteCore's passive pusher sends an empty NoReply "changes" at once.
+            self._session.send_nowait(
+                CHANGES, with_collection({}, self._index), b"[]", urgent=True, no_reply=True
+            )
+        self.tracker.caught_up(last)
+        await self.wait_idle()
+        if self._options.propose and self._options.continuous:
+            # LiteCore's active pusher says "caught up" with an empty NoReply proposeChanges.
+            self._session.send_nowait(
+                PROPOSE_CHANGES,
+                with_collection({}, self._index),
+                b"[]",
+                urgent=True,
+                no_reply=True,
+            )
+        self.caught_up.set()
+        if self._on_caught_up is not None:
+            self._on_caught_up()
+
+    async def wait_idle(self) -> None:
+        """Wait until every announced change has been answered and its revision acknowledged."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        if self.failed is not None:
+            raise self.failed
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None and self.failed is None:
+            self.failed = task.exception()
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        with contextlib.suppress(Exception):
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    # -- announcing ---------------------------------------------------------------------------
+
+    async def _announce(self, changes: list[Change]) -> None:
+        try:
+            for change in changes:
+                self.tracker.add(change.sequence)
+            self._stats.in_flight += len(changes)
+            if self._options.propose:
+                entries = [
+                    decisions.proposed_entry(
+                        c.doc_id, c.rev_id, self._options.remote_revs.get(c.doc_id), c.body_size
+                    )
+                    for c in changes
+                ]
+                properties = {"conflictIncludesRev": "true"}
+                profile = PROPOSE_CHANGES
+            else:
+                entries = [
+                    decisions.changes_entry(c.sequence, c.doc_id, c.rev_id, c.deleted, c.body_size)
+                    for c in changes
+                ]
+                properties = {}
+                profile = CHANGES
+            future = self._session.send_nowait(
+                profile,
+                with_collection(properties, self._index),
+                encode_json(entries),
+                urgent=True,
+                compressed=True,
+            )
+            reply = await future
+        except BaseException:
+            self._stats.in_flight -= len(changes)
+            raise
+        finally:
+            self._lists.release()
+        self._handle_reply(changes, reply)
+
+    def _handle_reply(self, changes: list[Change], reply: IncomingResponse) -> None:
+        if reply.is_error:
+            self._stats.in_flight -= len(changes)
+            message = (
+                f"peer refused '{'proposeChanges' if self._options.propose else 'changes'}' for "
+                f"{self.name}: {reply.error_domain} {reply.error_code} {reply.error_message}"
+            )
+            self._stats.record_error(message)
+            raise ReplicationError(message)
+        max_history = _int(reply.properties.get("maxHistory"), DEFAULT_MAX_HISTORY)
+        if is_true(reply.properties.get("deltas")):
+            self._deltas_ok = True
+        try:
+            answers = json.loads(reply.body) if reply.body else []
+        except ValueError:
+            answers = None
+        if not isinstance(answers, list):
+            self._stats.in_flight -= len(changes)
+            raise ReplicationError(f"peer sent a malformed reply to changes for {self.name}")
+        for position, change in enumerate(changes):
+            answer = answers[position] if position < len(answers) else 0
+            known = self._wanted(change, answer)
+            if known is None:
+                self._stats.in_flight -= 1
+                self.tracker.complete(change.sequence)
+                continue
+            self._spawn(self._send_rev(change, known, max_history))
+
+    def _wanted(self, change: Change, answer: Any) -> list[str] | None:
+        """The peer's known ancestors if it wants the revision, else None."""
+        if self._options.propose:
+            if answer in (0, None):
+                remote = self._options.remote_revs.get(change.doc_id)
+                return [remote] if remote else []
+            status = answer.get("status") if isinstance(answer, dict) else answer
+            if status == 409:
+                current = answer.get("rev") if isinstance(answer, dict) else None
+                self.conflicts.append((change.doc_id, current or ""))
+                log.info("%s: peer has a conflicting revision of '%s'", self.name, change.doc_id)
+            return None
+        if isinstance(answer, list):
+            return [rev for rev in answer if isinstance(rev, str)]
+        return None
+
+    # -- revisions ----------------------------------------------------------------------------
+
+    async def _send_rev(self, change: Change, known: list[str], max_history: int) -> None:
+        async with self._revs:
+            try:
+                await self._send_rev_now(change, known, max_history)
+            finally:
+                self._stats.in_flight -= 1
+                self.tracker.complete(change.sequence)
+
+    async def _send_rev_now(self, change: Change, known: list[str], max_history: int) -> None:
+        collection = self._collection
+        revision = collection.get_revision(change.doc_id, change.rev_id)
+        properties: dict[str, str] = {}
+        if revision is None or revision.body is None:
+            current = collection.get_revision(change.doc_id)
+            if (
+                self._options.send_replacement_revs
+                and current is not None
+                and current.body is not None
+            ):
+                properties["replacedRev"] = change.rev_id
+                revision = current
+            else:
+                self._session.send_nowait(
+                    NOREV,
+                    with_collection(
+                        {
+                            "id": change.doc_id,
+                            "rev": change.rev_id,
+                            "sequence": str(change.sequence),
+                            "error": "404",
+                            "reason": "revision is no longer available",
+                        },
+                        self._index,
+                    ),
+                    no_reply=True,
+                )
+                return
+        history = collection.rev_history(change.doc_id, revision.rev_id)[1:]
+        properties.update(
+            {"id": change.doc_id, "rev": revision.rev_id, "sequence": str(change.sequence)}
+        )
+        if revision.deleted:
+            properties["deleted"] = "1"
+        sent_history = decisions.history_to_send(history, known, max_history)
+        if sent_history:
+            properties["history"] = format_history(sent_history)
+        if self._options.propose:
+            properties["noconflicts"] = "true"
+        body = revision.body
+        if b'"digest"' in body:
+            self._remember_blobs(body)
+        use_delta = self._deltas_ok and self._options.delta_encoder is not None and known
+        while True:
+            message_properties = dict(properties)
+            message_body = body
+            if use_delta:
+                delta = self._options.delta_encoder(collection, change.doc_id, body, known)
+                if delta is not None:
+                    message_properties["deltaSrc"], message_body = delta
+            reply = await self._session.send_nowait(
+                REV,
+                with_collection(message_properties, self._index),
+                message_body,
+                compressed=True,
+            )
+            if reply.is_error and "deltaSrc" in message_properties and _is_delta_error(reply):
+                use_delta = False  # CBL-986: the peer could not apply the delta; resend in full
+                continue
+            break
+        if reply.is_error:
+            message = (
+                f"peer refused '{change.doc_id}' {revision.rev_id} in {self.name}: "
+                f"{reply.error_domain} {reply.error_code} {reply.error_message}"
+            )
+            self._stats.record_error(message)
+            log.warning("%s", message)
+            if reply.error_code == 409:
+                self.conflicts.append((change.doc_id, revision.rev_id))
+            return
+        self._stats.docs_out += 1
+        if self._options.propose:
+            self._options.remote_revs[change.doc_id] = revision.rev_id
+
+    def _remember_blobs(self, body: bytes) -> None:
+        try:
+            document = json.loads(body)
+        except ValueError:
+            return
+        if isinstance(document, dict):
+            for blob in find_blobs(document):
+                digest = blob.get("digest")
+                if isinstance(digest, str):
+                    self._served_blobs.add(digest)
+
+
+class ReplicationError(Exception):
+    """The peer refused a replication step; the message names the collection and the reason."""
+
+
+def _int(value: str | None, default: int) -> int:
+    try:
+        return max(int(value), 1) if value is not None else default
+    except ValueError:
+        return default
+
+
+def _is_delta_error(reply: IncomingResponse) -> bool:
+    from fieldsync.replication.deltas import is_delta_error
+
+    return is_delta_error(reply.error_domain, reply.error_code)

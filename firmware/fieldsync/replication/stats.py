@@ -1,0 +1,31 @@
+"""Counters one replication connection keeps, for logs and the status report."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+
+@dataclass
+class ReplicationStats:
+    """What has crossed one connection, and whether it is busy right now."""
+
+    since: float = field(default_factory=time.time)
+    docs_in: int = 0
+    docs_out: int = 0
+    blobs_in: int = 0
+    blobs_out: int = 0
+    errors: int = 0
+    pushing: bool = False
+    pulling: bool = False
+    in_flight: int = 0
+    last_error: str = ""
+
+    @property
+    def busy(self) -> bool:
+        """True while revisions are moving (not merely connected and caught up)."""
+        return self.in_flight > 0
+
+    def record_error(self, message: str) -> None:
+        self.errors += 1
+        self.last_error = message
