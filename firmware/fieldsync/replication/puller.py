@@ -28,7 +28,7 @@ from fieldsync.replication.messages import (
 )
 from fieldsync.replication.stats import ReplicationStats
 from fieldsync.store import IncomingRevision, StoreError, find_blobs
-from fieldsync.store.revid import is_valid_rev_id
+from fieldsync.store.revid import is_valid as is_valid_rev_id
 
 log = logging.getLogger(__name__)
 
