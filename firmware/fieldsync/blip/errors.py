@@ -1,0 +1,33 @@
+"""Exceptions raised by the BLIP engine."""
+
+from __future__ import annotations
+
+__all__ = ["BLIPConnectionClosed", "BLIPError", "BLIPProtocolError"]
+
+
+class BLIPProtocolError(Exception):
+    """The peer sent bytes that violate the BLIP protocol; the connection must be closed."""
+
+
+class BLIPError(Exception):
+    """An error reply (or a local failure) expressed as a BLIP error domain, code and message."""
+
+    def __init__(self, domain: str, code: int, message: str = "") -> None:
+        self.domain = domain
+        self.code = code
+        self.message = message
+        super().__init__(f"{domain}/{code}" + (f": {message}" if message else ""))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.domain!r}, {self.code!r}, {self.message!r})"
+
+
+class BLIPConnectionClosed(BLIPError):
+    """The connection closed before a reply arrived (or a message was sent on a closed session).
+
+    ``domain`` is ``"WebSocket"``, ``code`` the close code (1006 when unknown) and ``message`` the
+    close reason.
+    """
+
+    def __init__(self, code: int | None = None, reason: str = "") -> None:
+        super().__init__("WebSocket", 1006 if code is None else code, reason or "connection closed")

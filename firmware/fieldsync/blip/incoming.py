@@ -1,0 +1,124 @@
+"""Reassembly of an incoming BLIP message from its frames."""
+
+from __future__ import annotations
+
+from .compression import Inflater
+from .errors import BLIPProtocolError
+from .frame import CHECKSUM_SIZE, FrameFlags, MessageType
+from .message import Message
+from .properties import MAX_PROPERTIES_SIZE, decode_properties
+from .varint import decode_uvarint
+
+__all__ = ["ACK_INTERVAL", "MessageAssembler"]
+
+#: The receiver ACKs a message each time this many more of its frame bytes have arrived
+#: (LiteCore's kIncomingAckThreshold).
+ACK_INTERVAL = 50_000
+
+_MAX_VARINT_LEN32 = 5
+
+Buffer = bytes | bytearray | memoryview
+
+
+class MessageAssembler:
+    """Collects the frames of one incoming request or reply.
+
+    The body is kept as a list of chunks (views into received frames, or inflated output) and
+    joined once, when the last frame arrives.
+    """
+
+    __slots__ = (
+        "_body",
+        "_length_bytes",
+        "_properties",
+        "_properties_size",
+        "flags",
+        "number",
+        "raw_bytes_received",
+        "type",
+        "unacked_bytes",
+    )
+
+    def __init__(self, msg_type: MessageType, number: int, flags: int) -> None:
+        self.type = msg_type
+        self.number = number
+        self.flags = flags & ~FrameFlags.MORE_COMING
+        self.raw_bytes_received = 0
+        self.unacked_bytes = 0
+        self._length_bytes: bytearray | None = bytearray()  # None once the length is known
+        self._properties_size = 0
+        self._properties = bytearray()
+        self._body: list[Buffer] = []
+
+    @property
+    def _label(self) -> str:
+        return f"{self.type.name} #{self.number}"
+
+    def add_frame(self, payload: memoryview, flags: int, codec: Inflater) -> bool:
+        """Add one frame's payload (everything after the header); return True if it was the last.
+
+        Verifies the frame's checksum against ``codec``'s running CRC32.
+        """
+        self.raw_bytes_received += len(payload)
+        self.unacked_bytes += len(payload)
+        if len(payload) < CHECKSUM_SIZE:
+            raise BLIPProtocolError(
+                f"truncated frame of {self._label}: {len(payload)} bytes, too short for a checksum"
+            )
+        data = payload[:-CHECKSUM_SIZE]
+        if flags & FrameFlags.COMPRESSED:
+            pieces: list[Buffer] = list(codec.inflate(data))
+        else:
+            codec.add_uncompressed(data)
+            pieces = [data]
+        codec.verify(payload[-CHECKSUM_SIZE:])
+        for piece in pieces:
+            self._consume(memoryview(piece))
+        if self._length_bytes is not None:
+            raise BLIPProtocolError(
+                f"first frame of {self._label} is too short to hold the properties length"
+            )
+        if flags & FrameFlags.MORE_COMING:
+            return False
+        if len(self._properties) < self._properties_size:
+            raise BLIPProtocolError(f"{self._label} ends before the end of its properties")
+        return True
+
+    def _consume(self, data: memoryview) -> None:
+        if self._length_bytes is not None:
+            data = self._consume_length(data)
+        missing = self._properties_size - len(self._properties)
+        if missing > 0 and data:
+            self._properties += data[:missing]
+            data = data[missing:]
+        if data:
+            self._body.append(data)
+
+    def _consume_length(self, data: memoryview) -> memoryview:
+        length_bytes = self._length_bytes
+        assert length_bytes is not None
+        i = 0
+        while i < len(data):
+            byte = data[i]
+            length_bytes.append(byte)
+            i += 1
+            if not byte & 0x80:
+                size, _ = decode_uvarint(length_bytes, 0, bits=32, what="properties length")
+                if size > MAX_PROPERTIES_SIZE:
+                    raise BLIPProtocolError(
+                        f"properties of {self._label} excessively large ({size} bytes)"
+                    )
+                self._properties_size = size
+                self._length_bytes = None
+                break
+            if len(length_bytes) >= _MAX_VARINT_LEN32:
+                raise BLIPProtocolError(f"bad properties length varint in {self._label}")
+        return data[i:]
+
+    def finish(self) -> Message:
+        """The complete message (call after :meth:`add_frame` returned True)."""
+        properties = decode_properties(self._properties)
+        body = b"".join(self._body)
+        self._body = []
+        self._properties = bytearray()
+        return Message(self.type, self.number, self.flags, properties, body)

@@ -1,0 +1,271 @@
+"""Sans-I/O BLIP 3 connection engine.
+
+:class:`BLIPProtocol` turns received frames (one WebSocket binary message each) into
+:mod:`events <fieldsync.blip.events>` and queued messages into frames to send. It does no I/O
+and keeps no clock: feed it with :meth:`~BLIPProtocol.receive_frame`, send what
+:meth:`~BLIPProtocol.next_frame` returns, in order.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+
+from .compression import Deflater, Inflater
+from .errors import BLIPProtocolError
+from .events import Event, RequestReceived, ResponseReceived
+from .frame import BIG_FRAME_SIZE, DEFAULT_FRAME_SIZE, FrameFlags, MessageType, decode_header
+from .incoming import ACK_INTERVAL, MessageAssembler
+from .outbox import Outbox
+from .outgoing import OutgoingMessage
+from .properties import encode_properties
+from .varint import decode_uvarint
+
+__all__ = ["BLIPProtocol"]
+
+log = logging.getLogger("fieldsync.blip")
+
+Buffer = bytes | bytearray | memoryview
+Properties = Mapping[str, str] | Iterable[tuple[str, str]]
+
+
+class BLIPProtocol:
+    """State of one BLIP connection: numbering, multiplexing, compression, CRCs, flow control.
+
+    Any :class:`BLIPProtocolError` raised by :meth:`receive_frame` is fatal: the connection must
+    be closed (WebSocket code 1002), and later calls to :meth:`receive_frame` raise it again.
+    """
+
+    def __init__(self, *, compression_level: int = 6) -> None:
+        self._deflater = Deflater(compression_level)
+        self._inflater = Inflater()
+        self._outbox = Outbox()
+        self._icebox: dict[tuple[int, bool], OutgoingMessage] = {}
+        self._last_request_number = 0
+        self._requests_received = 0
+        # Peer requests still arriving, by number:
+        self._incoming_requests: dict[int, MessageAssembler] = {}
+        # Our fully sent requests awaiting a reply: number -> reply assembler once it has begun.
+        self._awaiting_replies: dict[int, MessageAssembler | None] = {}
+        # Peer requests delivered and not yet answered: number -> urgent flag of the request.
+        self._unanswered: dict[int, bool] = {}
+        self._failure: BLIPProtocolError | None = None
+        self.bytes_received = 0
+        self.bytes_sent = 0
+
+    # ----------------------------------------------------------------- sending
+
+    def send_request(
+        self,
+        properties: Properties | None = None,
+        body: Buffer = b"",
+        *,
+        urgent: bool = False,
+        compressed: bool = False,
+        no_reply: bool = False,
+    ) -> int:
+        """Queue a request; return its number (1, 2, ... per connection).
+
+        ``body`` is sent without being copied: do not modify it until it is sent.
+        """
+        encoded = encode_properties(properties or {})
+        _check_body(body)
+        self._last_request_number += 1
+        number = self._last_request_number
+        flags = _flags(urgent=urgent, compressed=compressed, no_reply=no_reply)
+        self._outbox.push(OutgoingMessage.build(MessageType.MSG, number, flags, encoded, body))
+        return number
+
+    def send_response(
+        self,
+        request_number: int,
+        properties: Properties | None = None,
+        body: Buffer = b"",
+        *,
+        compressed: bool = False,
+        urgent: bool | None = None,
+    ) -> None:
+        """Queue the reply to peer request ``request_number``.
+
+        ``urgent=None`` (default) makes the reply urgent iff the request was, as LiteCore does.
+        Raises ``ValueError`` if that request is unknown, was NoReply or was already answered.
+        """
+        self._queue_reply(MessageType.RPY, request_number, properties, body, compressed, urgent)
+
+    def send_error(
+        self,
+        request_number: int,
+        domain: str,
+        code: int,
+        message: str = "",
+        *,
+        urgent: bool | None = None,
+    ) -> None:
+        """Queue an error reply (properties ``Error-Domain``, ``Error-Code``; body = message)."""
+        props = (("Error-Domain", domain), ("Error-Code", str(int(code))))
+        body = message.encode("utf-8")
+        self._queue_reply(MessageType.ERR, request_number, props, body, False, urgent)
+
+    def _queue_reply(
+        self,
+        msg_type: MessageType,
+        number: int,
+        properties: Properties | None,
+        body: Buffer,
+        compressed: bool,
+        urgent: bool | None,
+    ) -> None:
+        if number not in self._unanswered:
+            raise ValueError(
+                f"no peer request #{number} awaiting a reply (unknown, NoReply or already answered)"
+            )
+        encoded = encode_properties(properties or {})
+        _check_body(body)
+        request_urgent = self._unanswered.pop(number)
+        flags = _flags(urgent=request_urgent if urgent is None else urgent, compressed=compressed)
+        self._outbox.push(OutgoingMessage.build(msg_type, number, flags, encoded, body))
+
+    def is_awaiting_reply(self, request_number: int) -> bool:
+        """True if the peer's request ``request_number`` was delivered and not yet answered."""
+        return request_number in self._unanswered
+
+    # ------------------------------------------------------------ frame output
+
+    @property
+    def has_frames_to_send(self) -> bool:
+        """True if :meth:`next_frame` would return a frame now."""
+        return bool(self._outbox)
+
+    @property
+    def has_pending_output(self) -> bool:
+        """True if any message is unsent, including ones paused waiting for an ACK."""
+        return bool(self._outbox) or bool(self._icebox)
+
+    def next_frame(self) -> bytes | None:
+        """Return the next frame to send, or None if nothing can be sent now.
+
+        Messages paused by flow control come back once the peer's ACK arrives.
+        """
+        msg = self._outbox.pop()
+        if msg is None:
+            return None
+        head = self._outbox.peek()
+        if msg.urgent or head is None or not head.urgent:
+            max_size = BIG_FRAME_SIZE
+        else:
+            max_size = DEFAULT_FRAME_SIZE  # a normal message yields to the urgent one behind it
+        frame = msg.next_frame(self._deflater, max_size)
+        self.bytes_sent += len(frame)
+        if msg.has_more_data:
+            if msg.needs_ack:
+                self._icebox[(msg.number, msg.is_response)] = msg
+            else:
+                self._outbox.push(msg)
+        elif msg.type == MessageType.MSG and not msg.no_reply:
+            self._awaiting_replies[msg.number] = None
+        return frame
+
+    def frames_to_send(self) -> list[bytes]:
+        """Return every frame that can be sent now (see :meth:`next_frame`)."""
+        frames = []
+        while (frame := self.next_frame()) is not None:
+            frames.append(frame)
+        return frames
+
+    # ------------------------------------------------------------------ input
+
+    def receive_frame(self, data: Buffer) -> list[Event]:
+        """Process one received frame; return the messages it completed.
+
+        Raises :class:`BLIPProtocolError` on any malformed or unexpected frame.
+        """
+        if self._failure is not None:
+            raise BLIPProtocolError(f"connection already failed: {self._failure}")
+        try:
+            return self._receive(memoryview(data).cast("B"))
+        except BLIPProtocolError as exc:
+            self._failure = exc
+            raise
+
+    def _receive(self, frame: memoryview) -> list[Event]:
+        self.bytes_received += len(frame)
+        header = decode_header(frame)
+        payload = frame[header.size :]
+        msg_type = header.type
+        if msg_type.is_ack:
+            self._receive_ack(header.number, msg_type == MessageType.ACKRPY, payload)
+            return []
+        if msg_type == MessageType.MSG:
+            assembler = self._request_assembler(header.number, header.flags)
+        else:
+            assembler = self._reply_assembler(header.number, msg_type, header.flags)
+        complete = assembler.add_frame(payload, header.flags, self._inflater)
+        if assembler.unacked_bytes >= ACK_INTERVAL:
+            received = assembler.raw_bytes_received
+            self._outbox.push(OutgoingMessage.ack(assembler.type, assembler.number, received))
+            assembler.unacked_bytes = 0
+        if not complete:
+            return []
+        message = assembler.finish()
+        if msg_type == MessageType.MSG:
+            self._incoming_requests.pop(header.number, None)
+            if not message.no_reply:
+                self._unanswered[message.number] = message.urgent
+            return [RequestReceived(message)]
+        del self._awaiting_replies[header.number]
+        return [ResponseReceived(header.number, message)]
+
+    def _request_assembler(self, number: int, flags: int) -> MessageAssembler:
+        assembler = self._incoming_requests.get(number)
+        if assembler is not None:
+            return assembler
+        if number != self._requests_received + 1:
+            state = "already finished" if number <= self._requests_received else "too high"
+            raise BLIPProtocolError(f"bad incoming request #{number} ({state})")
+        self._requests_received = number
+        assembler = MessageAssembler(MessageType.MSG, number, flags)
+        self._incoming_requests[number] = assembler
+        return assembler
+
+    def _reply_assembler(self, number: int, msg_type: MessageType, flags: int) -> MessageAssembler:
+        if number not in self._awaiting_replies:
+            state = "no request waiting" if number <= self._last_request_number else "too high"
+            raise BLIPProtocolError(f"bad incoming reply #{number} ({state})")
+        assembler = self._awaiting_replies[number]
+        if assembler is None:
+            assembler = MessageAssembler(msg_type, number, flags)
+            self._awaiting_replies[number] = assembler
+        return assembler
+
+    def _receive_ack(self, number: int, on_reply: bool, payload: memoryview) -> None:
+        byte_count, _ = decode_uvarint(payload, 0, bits=32, what="ACK byte count")
+        key = (number, on_reply)
+        msg = self._icebox.get(key)
+        if msg is not None:
+            msg.received_ack(byte_count)
+            if not msg.needs_ack:
+                del self._icebox[key]
+                self._outbox.push(msg)
+            return
+        msg = self._outbox.find(number, on_reply)
+        if msg is not None:
+            msg.received_ack(byte_count)
+        else:
+            kind = "RPY" if on_reply else "MSG"
+            log.debug("ignoring ACK for %s #%d, which is not being sent", kind, number)
+
+
+def _flags(*, urgent: bool = False, compressed: bool = False, no_reply: bool = False) -> int:
+    flags = FrameFlags.NONE
+    if urgent:
+        flags |= FrameFlags.URGENT
+    if compressed:
+        flags |= FrameFlags.COMPRESSED
+    if no_reply:
+        flags |= FrameFlags.NO_REPLY
+    return int(flags)
+
+
+def _check_body(body: object) -> None:
+    if not isinstance(body, bytes | bytearray | memoryview):
+        raise TypeError(f"BLIP message body must be bytes-like, not {type(body).__name__}")

@@ -1,0 +1,464 @@
+"""asyncio adapter: runs a :class:`BLIPProtocol` over a WebSocket connection.
+
+The websocket is any object with ``async recv() -> bytes | str``, ``async send(bytes)`` and
+``async close(code, reason)`` — e.g. a ``websockets.asyncio`` server or client connection.
+One reader loop (:meth:`BLIPSession.run`) feeds received frames to the protocol and dispatches
+requests to handlers, each in its own task; one writer task sends the protocol's frames in
+multiplexer order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import json
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Protocol
+
+from websockets.exceptions import ConnectionClosed
+
+from .errors import BLIPConnectionClosed, BLIPError, BLIPProtocolError
+from .events import RequestReceived, ResponseReceived
+from .message import Message
+from .protocol import BLIPProtocol
+
+__all__ = ["BLIPSession", "Handler", "IncomingRequest", "IncomingResponse", "WebSocketLike"]
+
+log = logging.getLogger("fieldsync.blip")
+
+#: How long :meth:`BLIPSession.close` waits for queued frames to go out.
+FLUSH_TIMEOUT = 10.0
+_PROTOCOL_ERROR = 1002
+_ABNORMAL_CLOSURE = 1006
+_INTERNAL_ERROR = 1011
+_MAX_REASON_BYTES = 123
+
+
+class WebSocketLike(Protocol):
+    """What :class:`BLIPSession` needs from a WebSocket connection."""
+
+    async def recv(self) -> bytes | str: ...
+
+    async def send(self, message: bytes) -> None: ...
+
+    async def close(self, code: int, reason: str) -> None: ...
+
+
+def _json_body(body: bytes, what: str) -> Any:
+    if not body:
+        return None
+    try:
+        return json.loads(body)
+    except ValueError as exc:  # JSONDecodeError or UnicodeDecodeError
+        raise ValueError(f"body of {what} is not valid JSON: {exc}") from None
+
+
+class IncomingRequest:
+    """A request received from the peer, handed to the handler registered for its profile."""
+
+    __slots__ = ("_message", "_session", "responded")
+
+    def __init__(self, session: BLIPSession, message: Message) -> None:
+        self._session = session
+        self._message = message
+        self.responded = False
+
+    @property
+    def profile(self) -> str:
+        return self._message.profile or ""
+
+    @property
+    def properties(self) -> dict[str, str]:
+        return self._message.properties
+
+    @property
+    def body(self) -> bytes:
+        return self._message.body
+
+    @property
+    def number(self) -> int:
+        return self._message.number
+
+    @property
+    def no_reply(self) -> bool:
+        return self._message.no_reply
+
+    @property
+    def urgent(self) -> bool:
+        return self._message.urgent
+
+    @property
+    def compressed(self) -> bool:
+        return self._message.compressed
+
+    @property
+    def message(self) -> Message:
+        """The underlying protocol message."""
+        return self._message
+
+    def json(self) -> Any:
+        """The body parsed as JSON (``None`` for an empty body); ``ValueError`` if invalid."""
+        return _json_body(self.body, f"{self.profile or 'request'} #{self.number}")
+
+    def respond(
+        self,
+        properties: Mapping[str, str] | None = None,
+        body: bytes = b"",
+        *,
+        compressed: bool = False,
+    ) -> None:
+        """Queue the reply. A no-op for NoReply requests; ``RuntimeError`` if already answered."""
+        if self._check_can_respond():
+            self._session._send_reply(self.number, properties, body, compressed)
+
+    def respond_error(self, domain: str, code: int, message: str = "") -> None:
+        """Queue an error reply (``Error-Domain``/``Error-Code`` properties, message as body)."""
+        if self._check_can_respond():
+            self._session._send_error(self.number, domain, code, message)
+
+    def _check_can_respond(self) -> bool:
+        if self.no_reply:
+            log.debug("%s: not answering NoReply request %s #%d",
+                      self._session.name, self.profile, self.number)
+            return False
+        if self.responded:
+            raise RuntimeError(f"request {self.profile!r} #{self.number} was already answered")
+        self.responded = True
+        return True
+
+    def __repr__(self) -> str:
+        return f"<IncomingRequest {self.profile!r} #{self.number} {self.properties!r}>"
+
+
+class IncomingResponse:
+    """The peer's reply to one of our requests (possibly an error reply)."""
+
+    __slots__ = ("_message",)
+
+    def __init__(self, message: Message) -> None:
+        self._message = message
+
+    @property
+    def properties(self) -> dict[str, str]:
+        return self._message.properties
+
+    @property
+    def body(self) -> bytes:
+        return self._message.body
+
+    @property
+    def is_error(self) -> bool:
+        return self._message.is_error
+
+    @property
+    def error_domain(self) -> str | None:
+        return self._message.error_domain
+
+    @property
+    def error_code(self) -> int | None:
+        return self._message.error_code
+
+    @property
+    def error_message(self) -> str:
+        return self._message.error_message
+
+    @property
+    def message(self) -> Message:
+        """The underlying protocol message."""
+        return self._message
+
+    def json(self) -> Any:
+        """The body parsed as JSON (``None`` for an empty body); ``ValueError`` if invalid."""
+        return _json_body(self.body, f"reply #{self._message.number}")
+
+    def raise_for_error(self) -> None:
+        """Raise :class:`BLIPError` if this is an error reply."""
+        if self.is_error:
+            raise BLIPError(self.error_domain or "BLIP", self.error_code or 0, self.error_message)
+
+    def __repr__(self) -> str:
+        if self.is_error:
+            return f"<IncomingResponse error {self.error_domain}/{self.error_code}>"
+        return f"<IncomingResponse {self.properties!r} body={len(self.body)} bytes>"
+
+
+Handler = Callable[[IncomingRequest], Awaitable[None] | None]
+
+
+def _not_found(request: IncomingRequest) -> None:
+    request.respond_error("BLIP", 404, "no handler for profile")
+
+
+class BLIPSession:
+    """One BLIP connection over a WebSocket: requests out, handlers for requests in."""
+
+    def __init__(self, websocket: WebSocketLike, *, name: str = "") -> None:
+        self.name = name
+        self.closed = False
+        self.close_code: int | None = None
+        self.close_reason = ""
+        #: Called with the session once it has closed.
+        self.on_close: list[Callable[[BLIPSession], object]] = []
+        self._ws = websocket
+        self._protocol = BLIPProtocol()
+        self._handlers: dict[str, Handler] = {}
+        self._fallback: Handler = _not_found
+        self._pending: dict[int, asyncio.Future[IncomingResponse]] = {}
+        self._handler_tasks: set[asyncio.Task[None]] = set()
+        self._writer_task: asyncio.Task[None] | None = None
+        self._wakeup = asyncio.Event()
+        self._drained = asyncio.Event()
+        self._closed_event = asyncio.Event()
+        self._closing = False
+        self._local_close: tuple[int, str] | None = None
+        self._sending = False
+
+    @property
+    def protocol(self) -> BLIPProtocol:
+        """The sans-I/O engine (for inspection and statistics)."""
+        return self._protocol
+
+    # ------------------------------------------------------------- handlers
+
+    def register(self, profile: str, handler: Handler) -> None:
+        """Handle requests whose ``Profile`` is ``profile`` (sync or async callable)."""
+        self._handlers[profile] = handler
+
+    def set_fallback_handler(self, handler: Handler) -> None:
+        """Handle requests with no registered profile (default: ERR BLIP/404)."""
+        self._fallback = handler
+
+    # ------------------------------------------------------------- requests
+
+    async def request(
+        self,
+        profile: str,
+        properties: Mapping[str, str] | None = None,
+        body: bytes = b"",
+        *,
+        urgent: bool = False,
+        compressed: bool = False,
+        no_reply: bool = False,
+    ) -> IncomingResponse | None:
+        """Send a request and wait for its reply (``None`` for NoReply requests).
+
+        Raises :class:`BLIPConnectionClosed` if the connection closes first. An error reply is
+        returned, not raised (see :meth:`IncomingResponse.raise_for_error`).
+        """
+        future = self.send_nowait(
+            profile, properties, body, urgent=urgent, compressed=compressed, no_reply=no_reply
+        )
+        if future is None:
+            return None
+        return await future
+
+    def send_nowait(
+        self,
+        profile: str,
+        properties: Mapping[str, str] | None = None,
+        body: bytes = b"",
+        *,
+        urgent: bool = False,
+        compressed: bool = False,
+        no_reply: bool = False,
+    ) -> asyncio.Future[IncomingResponse] | None:
+        """Queue a request; return a future for its reply (``None`` for NoReply requests)."""
+        if self.closed or self._closing:
+            raise BLIPConnectionClosed(self.close_code, self.close_reason or "session is closing")
+        props = [("Profile", profile)]
+        if properties:
+            props.extend((k, v) for k, v in properties.items() if k != "Profile")
+        number = self._protocol.send_request(
+            props, body, urgent=urgent, compressed=compressed, no_reply=no_reply
+        )
+        future: asyncio.Future[IncomingResponse] | None = None
+        if not no_reply:
+            future = asyncio.get_running_loop().create_future()
+            self._pending[number] = future
+        self._wake()
+        return future
+
+    def _send_reply(
+        self, number: int, properties: Mapping[str, str] | None, body: bytes, compressed: bool
+    ) -> None:
+        if self.closed:
+            log.debug("%s: connection closed; dropping reply to #%d", self.name, number)
+            return
+        self._protocol.send_response(number, properties, body, compressed=compressed)
+        self._wake()
+
+    def _send_error(self, number: int, domain: str, code: int, message: str) -> None:
+        if self.closed:
+            log.debug("%s: connection closed; dropping error reply to #%d", self.name, number)
+            return
+        self._protocol.send_error(number, domain, code, message)
+        self._wake()
+
+    # ---------------------------------------------------------------- input
+
+    async def run(self) -> None:
+        """Read and dispatch frames until the connection closes (or a protocol error closes it)."""
+        self._ensure_writer()
+        try:
+            while not self.closed:
+                try:
+                    data = await self._ws.recv()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    self._connection_lost(exc)
+                    return
+                try:
+                    if isinstance(data, str):
+                        raise BLIPProtocolError("text WebSocket message received (BLIP is binary)")
+                    events = self._protocol.receive_frame(data)
+                except BLIPProtocolError as exc:
+                    log.error("%s: BLIP protocol error: %s", self.name, exc)
+                    await self._abort(_PROTOCOL_ERROR, str(exc))
+                    return
+                for event in events:
+                    if isinstance(event, RequestReceived):
+                        self._dispatch_request(event.message)
+                    elif isinstance(event, ResponseReceived):
+                        self._dispatch_response(event.request_number, event.message)
+                if self._protocol.has_frames_to_send:  # ACKs, or messages resumed by an ACK
+                    self._wake()
+        finally:
+            if not self.closed:
+                self._finish(*self._closed_status(None))
+
+    def _dispatch_request(self, message: Message) -> None:
+        request = IncomingRequest(self, message)
+        handler = self._handlers.get(request.profile, self._fallback)
+        task = asyncio.create_task(
+            self._run_handler(handler, request), name=f"blip-{request.profile}-{request.number}"
+        )
+        self._handler_tasks.add(task)
+        task.add_done_callback(self._handler_tasks.discard)
+
+    async def _run_handler(self, handler: Handler, request: IncomingRequest) -> None:
+        try:
+            result = handler(request)
+            if inspect.isawaitable(result):
+                await result
+        except Exception:
+            log.exception("%s: handler for %r #%d failed", self.name, request.profile,
+                          request.number)
+            if not request.responded and not request.no_reply and not self.closed:
+                request.respond_error("BLIP", 500, "unexpected exception in request handler")
+
+    def _dispatch_response(self, number: int, message: Message) -> None:
+        future = self._pending.pop(number, None)
+        if future is not None and not future.done():
+            future.set_result(IncomingResponse(message))
+
+    # --------------------------------------------------------------- output
+
+    def _ensure_writer(self) -> None:
+        if self._writer_task is None and not self.closed:
+            self._writer_task = asyncio.create_task(
+                self._write_loop(), name=f"blip-writer-{self.name}"
+            )
+
+    def _wake(self) -> None:
+        self._drained.clear()
+        self._wakeup.set()
+        self._ensure_writer()
+
+    async def _write_loop(self) -> None:
+        protocol = self._protocol
+        try:
+            while True:
+                frame = protocol.next_frame()
+                if frame is None:
+                    if not protocol.has_pending_output:
+                        self._drained.set()
+                    self._wakeup.clear()
+                    await self._wakeup.wait()
+                    continue
+                self._sending = True
+                try:
+                    await self._ws.send(frame)
+                finally:
+                    self._sending = False
+        except asyncio.CancelledError:
+            raise
+        except ConnectionClosed:
+            self._drained.set()  # the reader loop sees the close and finishes the session
+        except Exception:
+            log.exception("%s: sending a BLIP frame failed", self.name)
+            self._drained.set()
+            with contextlib.suppress(Exception):
+                await self._ws.close(_INTERNAL_ERROR, "BLIP send failed")
+
+    # ---------------------------------------------------------------- close
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        """Send the frames already queued (up to :data:`FLUSH_TIMEOUT` s), then close."""
+        if self.closed:
+            return
+        self._closing = True
+        if self._protocol.has_pending_output or self._sending:
+            self._wake()
+            try:
+                await asyncio.wait_for(self._drained.wait(), FLUSH_TIMEOUT)
+            except TimeoutError:
+                log.warning("%s: closing with unsent BLIP frames", self.name)
+        self._local_close = (code, reason)
+        with contextlib.suppress(Exception):
+            await self._ws.close(code, reason)
+        self._finish(code, reason)
+
+    async def wait_closed(self) -> None:
+        """Wait until the connection is closed."""
+        await self._closed_event.wait()
+
+    async def _abort(self, code: int, reason: str) -> None:
+        reason = reason.encode("utf-8")[:_MAX_REASON_BYTES].decode("utf-8", "ignore")
+        self._closing = True
+        self._local_close = (code, reason)
+        self._finish(code, reason)
+        with contextlib.suppress(Exception):
+            await self._ws.close(code, reason)
+
+    def _connection_lost(self, exc: BaseException) -> None:
+        if not isinstance(exc, ConnectionClosed):
+            log.warning("%s: WebSocket receive failed: %r", self.name, exc)
+        self._finish(*self._closed_status(exc))
+
+    def _closed_status(self, exc: BaseException | None) -> tuple[int, str]:
+        if self._local_close is not None:
+            return self._local_close
+        for frame in (getattr(exc, "rcvd", None), getattr(exc, "sent", None)):
+            if frame is not None:
+                return int(frame.code), str(frame.reason)
+        code = getattr(self._ws, "close_code", None)
+        reason = getattr(self._ws, "close_reason", None) or ""
+        return (int(code) if code is not None else _ABNORMAL_CLOSURE), str(reason)
+
+    def _finish(self, code: int, reason: str) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self._closing = True
+        self.close_code = code
+        self.close_reason = reason
+        pending, self._pending = self._pending, {}
+        for future in pending.values():
+            if not future.done():
+                future.set_exception(BLIPConnectionClosed(code, reason))
+        if self._writer_task is not None:
+            self._writer_task.cancel()
+        self._drained.set()
+        self._closed_event.set()
+        for callback in list(self.on_close):
+            try:
+                callback(self)
+            except Exception:
+                log.exception("%s: on_close callback failed", self.name)
+
+    def __repr__(self) -> str:
+        state = f"closed {self.close_code}" if self.closed else "open"
+        return f"<BLIPSession {self.name!r} {state}>"
