@@ -1,0 +1,282 @@
+"""Content-addressed blob storage and blob references inside document bodies.
+
+A blob is keyed by its digest, ``sha1-<base64 of the SHA-1 of its bytes>`` (Couchbase Lite's form).
+Each blob is one file ``<base64 digest, '/' written as '_'>.blob`` in the store's directory, as
+LiteCore lays it out. Writes stream into a temporary file in the same directory, which is
+fsynced, checked against the expected digest and renamed into place, so a blob file either holds
+exactly the bytes its name promises or does not exist.
+
+In a document, a blob is a dict ``{"@type": "blob", "digest": …, "length": …, "content_type": …}``
+anywhere in the body; legacy documents also list attachments under the top-level
+``_attachments`` dict.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import hashlib
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import TracebackType
+from typing import Any, BinaryIO
+
+from fieldsync.store.errors import InvalidInput, NotFoundError, StoreError
+
+DIGEST_PREFIX = "sha1-"
+BLOB_TYPE = "blob"
+LEGACY_ATTACHMENTS = "_attachments"
+_SUFFIX = ".blob"
+_TEMP_PREFIX = ".tmp-"
+#: Temporary files older than this are leftovers of a crashed writer.
+_STALE_TEMP_SECONDS = 3600
+
+
+class DigestMismatch(InvalidInput):
+    """Blob bytes whose digest differs from the one they were announced with."""
+
+
+def digest_for(raw_sha1: bytes) -> str:
+    return DIGEST_PREFIX + base64.b64encode(raw_sha1).decode("ascii")
+
+
+def compute_digest(data: bytes) -> str:
+    """The blob digest of ``data``."""
+    return digest_for(hashlib.sha1(data, usedforsecurity=False).digest())
+
+
+def parse_digest(digest: object) -> bytes:
+    """The 20 SHA-1 bytes a digest string names; ``InvalidInput`` if it is malformed."""
+    if not isinstance(digest, str) or not digest.startswith(DIGEST_PREFIX):
+        raise InvalidInput(f"blob digest must look like 'sha1-<base64>', got {digest!r}")
+    encoded = digest[len(DIGEST_PREFIX) :]
+    try:
+        raw = base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidInput(f"blob digest is not valid base64: {digest!r}") from None
+    if len(raw) != 20 or base64.b64encode(raw).decode("ascii") != encoded:
+        raise InvalidInput(f"blob digest is not a SHA-1 digest: {digest!r}")
+    return raw
+
+
+def is_blob(value: object) -> bool:
+    """Whether ``value`` is a blob dict (``@type: blob`` with a string ``digest``)."""
+    return (
+        isinstance(value, dict)
+        and value.get("@type") == BLOB_TYPE
+        and isinstance(value.get("digest"), str)
+    )
+
+
+def find_blobs(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every blob dict in ``body`` (nested anywhere) plus every legacy ``_attachments`` entry
+    that has a ``digest``. Each dict appears once; several may share a digest."""
+    found: list[dict[str, Any]] = []
+    seen: set[int] = set()
+
+    def add(value: dict[str, Any]) -> None:
+        if id(value) not in seen:
+            seen.add(id(value))
+            found.append(value)
+
+    def visit(value: object) -> None:
+        if isinstance(value, dict):
+            if is_blob(value):
+                add(value)
+                return
+            for item in value.values():
+                visit(item)
+        elif isinstance(value, list):
+            for item in value:
+                visit(item)
+
+    if not isinstance(body, dict):
+        return found
+    for key, value in body.items():
+        if key == LEGACY_ATTACHMENTS and isinstance(value, dict):
+            for attachment in value.values():
+                if isinstance(attachment, dict) and isinstance(attachment.get("digest"), str):
+                    add(attachment)
+                else:
+                    visit(attachment)
+        else:
+            visit(value)
+    return found
+
+
+def _fsync_directory(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class BlobWriter:
+    """Streams one blob into the store. ``finish()`` makes it durable and returns its digest.
+
+    As a context manager: leaving normally finishes (if not done yet), leaving by an exception
+    aborts.
+    """
+
+    def __init__(self, store: BlobStore, expected_digest: str | None = None) -> None:
+        if expected_digest is not None:
+            parse_digest(expected_digest)
+        self._store = store
+        self._expected = expected_digest
+        fd, name = tempfile.mkstemp(prefix=_TEMP_PREFIX, suffix=_SUFFIX, dir=store.path)
+        self._temp = Path(name)
+        self._file: BinaryIO | None = os.fdopen(fd, "wb")
+        self._sha1 = hashlib.sha1(usedforsecurity=False)
+        self.length = 0
+        self.digest: str | None = None
+
+    def write(self, chunk: bytes | bytearray | memoryview) -> int:
+        if self._file is None:
+            raise StoreError("blob writer is already finished or aborted")
+        self._sha1.update(chunk)
+        self._file.write(chunk)
+        self.length += len(chunk)
+        return len(chunk)
+
+    def finish(self) -> str:
+        """Verify, fsync and publish the blob; return its digest (``DigestMismatch`` if it is
+        not the expected one, in which case nothing is stored)."""
+        if self.digest is not None:
+            return self.digest
+        if self._file is None:
+            raise StoreError("blob writer was aborted")
+        file, self._file = self._file, None
+        try:
+            file.flush()
+            os.fsync(file.fileno())
+        finally:
+            file.close()
+        digest = digest_for(self._sha1.digest())
+        if self._expected is not None and digest != self._expected:
+            self._temp.unlink(missing_ok=True)
+            raise DigestMismatch(
+                f"blob content has digest {digest}, expected {self._expected} "
+                f"({self.length} bytes received)"
+            )
+        try:
+            os.chmod(self._temp, 0o644)
+            os.replace(self._temp, self._store.path_for(digest))
+            _fsync_directory(self._store.path)
+        except OSError:
+            self._temp.unlink(missing_ok=True)
+            raise
+        self.digest = digest
+        return digest
+
+    def abort(self) -> None:
+        """Discard what was written. Safe to call more than once, or after ``finish``."""
+        if self._file is not None:
+            file, self._file = self._file, None
+            file.close()
+            self._temp.unlink(missing_ok=True)
+
+    def __enter__(self) -> BlobWriter:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is None:
+            if self._file is not None:
+                self.finish()
+        else:
+            self.abort()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.abort()
+
+
+class BlobStore:
+    """The blobs of one database, in a directory of their own."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._remove_stale_temp_files()
+
+    def path_for(self, digest: str) -> Path:
+        """The file holding the blob ``digest`` (whether or not it exists)."""
+        raw = parse_digest(digest)
+        return self.path / (base64.b64encode(raw).decode("ascii").replace("/", "_") + _SUFFIX)
+
+    def has(self, digest: str) -> bool:
+        """Whether the blob is stored (``False`` for a malformed digest)."""
+        try:
+            return self.path_for(digest).is_file()
+        except InvalidInput:
+            return False
+
+    def size(self, digest: str) -> int | None:
+        """Length in bytes of a stored blob, ``None`` if it is not stored."""
+        try:
+            return self.path_for(digest).stat().st_size
+        except (InvalidInput, FileNotFoundError):
+            return None
+
+    def open_read(self, digest: str) -> BinaryIO:
+        """A binary file object reading the blob; ``NotFoundError`` if it is not stored."""
+        path = self.path_for(digest)
+        try:
+            return path.open("rb")
+        except FileNotFoundError:
+            raise NotFoundError(f"no blob {digest}") from None
+
+    def read(self, digest: str) -> bytes:
+        with self.open_read(digest) as file:
+            return file.read()
+
+    def put(self, data: bytes | bytearray | memoryview) -> str:
+        """Store ``data`` (durably) and return its digest."""
+        with self.writer() as writer:
+            writer.write(data)
+        assert writer.digest is not None
+        return writer.digest
+
+    def writer(self, expected_digest: str | None = None) -> BlobWriter:
+        """A streaming writer; with ``expected_digest`` the content is verified on finish."""
+        return BlobWriter(self, expected_digest)
+
+    def delete(self, digest: str) -> bool:
+        """Remove a blob; ``True`` if it existed."""
+        try:
+            self.path_for(digest).unlink()
+        except FileNotFoundError:
+            return False
+        return True
+
+    def digests(self) -> Iterator[str]:
+        """The digests of all stored blobs."""
+        for entry in self.path.iterdir():
+            name = entry.name
+            if name.startswith(_TEMP_PREFIX) or not name.endswith(_SUFFIX):
+                continue
+            digest = DIGEST_PREFIX + name[: -len(_SUFFIX)].replace("_", "/")
+            try:
+                parse_digest(digest)
+            except InvalidInput:
+                continue
+            yield digest
+
+    def total_size(self) -> int:
+        return sum(entry.stat().st_size for entry in self.path.iterdir() if entry.is_file())
+
+    def _remove_stale_temp_files(self) -> None:
+        cutoff = time.time() - _STALE_TEMP_SECONDS
+        for entry in self.path.glob(_TEMP_PREFIX + "*"):
+            with contextlib.suppress(OSError):
+                if entry.stat().st_mtime < cutoff:
+                    entry.unlink()
