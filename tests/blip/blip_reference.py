@@ -5,6 +5,8 @@ Used by the tests to check the codec against a second implementation instead of 
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import zlib
 
 TRAILER = b"\x00\x00\xff\xff"
@@ -81,3 +83,18 @@ def split_message(data: bytes) -> tuple[dict[str, str], bytes]:
     strings = raw.split(b"\0")[:-1] if raw else []
     props = {strings[i].decode(): strings[i + 1].decode() for i in range(0, len(strings), 2)}
     return props, data[pos + size :]
+
+
+# Frame 1 of a push as observed from LiteCore 3.2.4 (PROTOCOL-NOTES.md), with a 28-character
+# base64 client ID so that the properties are 0x3d bytes long.
+CLIENT_ID = "cp-" + base64.b64encode(hashlib.sha1(b"fieldsync test").digest()).decode()
+
+
+def golden_frame1() -> tuple[bytes, bytes]:
+    """Frame 1 of a push, built by hand from the spec: returns (frame, uncompressed data)."""
+    assert len(CLIENT_ID) == 3 + 28
+    props = b"Profile\0getCheckpoint\0client\0" + CLIENT_ID.encode() + b"\0"
+    assert len(props) == 0x3D
+    data = b"\x3d" + props  # properties length varint + properties, empty body
+    crc = zlib.crc32(data)  # first frame in this direction: CRC starts from 0
+    return b"\x01\x00" + data + crc.to_bytes(4, "big"), data

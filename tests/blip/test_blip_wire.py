@@ -3,29 +3,22 @@ interoperability with a plain zlib raw-deflate peer."""
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import json
 import os
 import zlib
 
 import pytest
-from blip_reference import RefReceiver, RefSender, props_block, split_message
+from blip_reference import (
+    CLIENT_ID,
+    RefReceiver,
+    RefSender,
+    golden_frame1,
+    props_block,
+    split_message,
+)
 
 from fieldsync.blip import BLIPProtocol, RequestReceived, ResponseReceived
 from fieldsync.blip.compression import Deflater, Inflater
-
-CLIENT_ID = "cp-" + base64.b64encode(hashlib.sha1(b"fieldsync test").digest()).decode()
-
-
-def golden_frame1() -> tuple[bytes, bytes]:
-    """Frame 1 of a push, built by hand from the spec: returns (frame, uncompressed data)."""
-    assert len(CLIENT_ID) == 3 + 28
-    props = b"Profile\0getCheckpoint\0client\0" + CLIENT_ID.encode() + b"\0"
-    assert len(props) == 0x3D
-    data = b"\x3d" + props  # properties length varint + properties, empty body
-    crc = zlib.crc32(data)  # first frame in this direction: CRC starts from 0
-    return b"\x01\x00" + data + crc.to_bytes(4, "big"), data
 
 
 def test_golden_get_checkpoint_frame_encode() -> None:

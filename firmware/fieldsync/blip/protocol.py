@@ -238,7 +238,7 @@ class BLIPProtocol:
         return assembler
 
     def _receive_ack(self, number: int, on_reply: bool, payload: memoryview) -> None:
-        byte_count, _ = decode_uvarint(payload, 0, bits=32, what="ACK byte count")
+        byte_count, _ = decode_uvarint(payload, 0, what="ACK byte count")
         key = (number, on_reply)
         msg = self._icebox.get(key)
         if msg is not None:

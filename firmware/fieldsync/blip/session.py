@@ -48,7 +48,7 @@ class WebSocketLike(Protocol):
 
 def _json_body(body: bytes, what: str) -> Any:
     if not body:
-        return None
+        raise ValueError(f"body of {what} is empty, not JSON")
     try:
         return json.loads(body)
     except ValueError as exc:  # JSONDecodeError or UnicodeDecodeError
@@ -99,7 +99,7 @@ class IncomingRequest:
         return self._message
 
     def json(self) -> Any:
-        """The body parsed as JSON (``None`` for an empty body); ``ValueError`` if invalid."""
+        """The body parsed as JSON; ``ValueError`` if it is empty or not valid JSON."""
         return _json_body(self.body, f"{self.profile or 'request'} #{self.number}")
 
     def respond(
@@ -170,7 +170,7 @@ class IncomingResponse:
         return self._message
 
     def json(self) -> Any:
-        """The body parsed as JSON (``None`` for an empty body); ``ValueError`` if invalid."""
+        """The body parsed as JSON; ``ValueError`` if it is empty or not valid JSON."""
         return _json_body(self.body, f"reply #{self._message.number}")
 
     def raise_for_error(self) -> None:
