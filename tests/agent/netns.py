@@ -1,0 +1,183 @@
+"""Throw-away network namespaces for agent tests, and helper processes running inside them.
+
+Everything happens inside namespaces made here: the veth pair is created inside the device
+namespace with its peer placed straight into the phone namespace, so the host's own interfaces and
+multicast traffic are never touched. ``NetnsPair.close()`` deletes both namespaces (and with them
+every interface and process socket inside).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import queue
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+HELPERS = Path(__file__).parent / "helpers"
+DEVICE_SUBNET = "10.213.{}.{}"
+
+
+def netns_unavailable_reason() -> str | None:
+    """Why namespace tests cannot run here, or None when they can."""
+    if os.geteuid() != 0:
+        return "needs root to create network namespaces"
+    if shutil.which("ip") is None:
+        return "the `ip` command (iproute2) is missing"
+    return None
+
+
+def run(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, check=check, capture_output=True, text=True, timeout=30)
+
+
+class NetnsPair:
+    """Namespace ``device`` (where wlan0 lives) and ``phone`` (the other end of the veth)."""
+
+    def __init__(self) -> None:
+        tag = secrets.token_hex(3)
+        self.device = f"fs-test-{tag}-d"
+        self.phone = f"fs-test-{tag}-p"
+        self.peer = "phone0"
+        self.processes: list[NsProcess] = []
+        run("ip", "netns", "add", self.device)
+        try:
+            run("ip", "netns", "add", self.phone)
+            for ns in (self.device, self.phone):
+                run("ip", "-n", ns, "link", "set", "lo", "up")
+        except BaseException:
+            self.close()
+            raise
+
+    # ------------------------------------------------------------------ interface plumbing
+
+    def ip(self, ns: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return run("ip", "-n", ns, *args, check=check)
+
+    def create_wlan0(self, address: str | None = "10.213.0.1/24", *, up: bool = True) -> None:
+        """A veth pair: ``wlan0`` in the device namespace, ``phone0`` (10.213.0.2) in the other."""
+        self.ip(self.device, "link", "add", "fsveth0", "type", "veth", "peer", "name",
+                self.peer, "netns", self.phone)
+        self.ip(self.device, "link", "set", "fsveth0", "name", "wlan0")
+        self.ip(self.phone, "addr", "add", "10.213.0.2/24", "dev", self.peer)
+        self.ip(self.phone, "link", "set", self.peer, "up")
+        if address:
+            self.ip(self.device, "addr", "add", address, "dev", "wlan0")
+        if up:
+            self.ip(self.device, "link", "set", "wlan0", "up")
+
+    def delete_wlan0(self) -> None:
+        self.ip(self.device, "link", "del", "wlan0")
+
+    def exec_argv(self, ns: str, *argv: str) -> list[str]:
+        return ["ip", "netns", "exec", ns, *argv]
+
+    def start(self, ns: str, script: str, *args: str, env: dict[str, str] | None = None
+              ) -> NsProcess:
+        """Run ``helpers/<script>`` with this Python inside namespace ``ns``."""
+        argv = self.exec_argv(ns, sys.executable, str(HELPERS / script), *args)
+        process = NsProcess(argv, env=env)
+        self.processes.append(process)
+        return process
+
+    def close(self) -> None:
+        for process in self.processes:
+            process.kill()
+        for ns in (self.device, self.phone):
+            run("ip", "netns", "del", ns, check=False)
+
+
+class NsProcess:
+    """A helper process speaking JSON lines on stdout; commands go to its stdin."""
+
+    def __init__(self, argv: list[str], *, env: dict[str, str] | None = None) -> None:
+        self.argv = argv
+        full_env = dict(os.environ)
+        full_env.update(env or {})
+        full_env["PYTHONUNBUFFERED"] = "1"
+        self.proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=full_env,
+            start_new_session=True,
+        )
+        self.lines: queue.Queue[Any] = queue.Queue()
+        self.seen: list[Any] = []
+        self.stderr_lines: list[str] = []
+        threading.Thread(target=self._read_stdout, daemon=True).start()
+        threading.Thread(target=self._read_stderr, daemon=True).start()
+
+    def _read_stdout(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                self.lines.put(json.loads(line))
+            except json.JSONDecodeError:
+                self.lines.put({"raw": line})
+        self.lines.put(None)
+
+    def _read_stderr(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.stderr_lines.append(line.rstrip())
+
+    def send(self, line: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+
+    def expect(self, predicate: Callable[[Any], bool], timeout: float = 15.0,
+               what: str = "") -> Any:
+        """The first new message matching ``predicate``; AssertionError after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                message = self.lines.get(timeout=remaining)
+            except queue.Empty:
+                break
+            if message is None:
+                self.lines.put(None)
+                break
+            self.seen.append(message)
+            if predicate(message):
+                return message
+        raise AssertionError(
+            f"no message {what or 'matching'} from {self.argv[-1]!r} within {timeout} s; "
+            f"saw {self.seen[-8:]}; exit={self.proc.poll()}; stderr tail: "
+            + "\n".join(self.stderr_lines[-15:])
+        )
+
+    def signal(self, signum: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signum)
+
+    def wait(self, timeout: float = 15.0) -> int:
+        return self.proc.wait(timeout=timeout)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.signal(signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=5)
+        for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            with contextlib.suppress(Exception):
+                if stream:
+                    stream.close()
