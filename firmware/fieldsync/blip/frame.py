@@ -15,7 +15,12 @@ from .varint import decode_uvarint, encode_uvarint
 __all__ = [
     "BIG_FRAME_SIZE",
     "CHECKSUM_SIZE",
+    "COMPRESSED",
     "DEFAULT_FRAME_SIZE",
+    "MORE_COMING",
+    "NO_REPLY",
+    "TYPE_MASK",
+    "URGENT",
     "FrameFlags",
     "FrameHeader",
     "MessageType",
@@ -60,6 +65,16 @@ class FrameFlags(enum.IntFlag):
     MORE_COMING = 0x40
 
 
+# Plain-int copies of the flag bits, for hot paths (IntFlag arithmetic is slow).
+TYPE_MASK = 0x07
+COMPRESSED = 0x08
+URGENT = 0x10
+NO_REPLY = 0x20
+MORE_COMING = 0x40
+
+_TYPES: dict[int, MessageType] = {int(t): t for t in MessageType}
+
+
 class FrameHeader(NamedTuple):
     """A decoded frame header."""
 
@@ -70,11 +85,11 @@ class FrameHeader(NamedTuple):
 
     @property
     def more_coming(self) -> bool:
-        return bool(self.flags & FrameFlags.MORE_COMING)
+        return bool(self.flags & MORE_COMING)
 
     @property
     def compressed(self) -> bool:
-        return bool(self.flags & FrameFlags.COMPRESSED)
+        return bool(self.flags & COMPRESSED)
 
 
 def encode_header(number: int, flags: int) -> bytes:
@@ -94,11 +109,8 @@ def decode_header(frame: bytes | bytearray | memoryview) -> FrameHeader:
     flags, pos = decode_uvarint(frame, pos, what="frame header (flags)")
     if number == 0:
         raise BLIPProtocolError("bad frame header: message number 0")
-    type_bits = flags & FrameFlags.TYPE_MASK
-    try:
-        msg_type = MessageType(type_bits)
-    except ValueError:
-        raise BLIPProtocolError(
-            f"unknown BLIP message type {type_bits} in frame #{number}"
-        ) from None
+    type_bits = flags & TYPE_MASK
+    msg_type = _TYPES.get(type_bits)
+    if msg_type is None:
+        raise BLIPProtocolError(f"unknown BLIP message type {type_bits} in frame #{number}")
     return FrameHeader(number, flags, msg_type, pos)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .compression import Inflater
 from .errors import BLIPProtocolError
-from .frame import CHECKSUM_SIZE, FrameFlags, MessageType
+from .frame import CHECKSUM_SIZE, COMPRESSED, MORE_COMING, MessageType
 from .message import Message
 from .properties import MAX_PROPERTIES_SIZE, decode_properties
 from .varint import decode_uvarint
@@ -42,7 +42,7 @@ class MessageAssembler:
     def __init__(self, msg_type: MessageType, number: int, flags: int) -> None:
         self.type = msg_type
         self.number = number
-        self.flags = flags & ~FrameFlags.MORE_COMING
+        self.flags = flags & ~MORE_COMING
         self.raw_bytes_received = 0
         self.unacked_bytes = 0
         self._length_bytes: bytearray | None = bytearray()  # None once the length is known
@@ -66,7 +66,7 @@ class MessageAssembler:
                 f"truncated frame of {self._label}: {len(payload)} bytes, too short for a checksum"
             )
         data = payload[:-CHECKSUM_SIZE]
-        if flags & FrameFlags.COMPRESSED:
+        if flags & COMPRESSED:
             pieces: list[Buffer] = list(codec.inflate(data))
         else:
             codec.add_uncompressed(data)
@@ -78,7 +78,7 @@ class MessageAssembler:
             raise BLIPProtocolError(
                 f"first frame of {self._label} is too short to hold the properties length"
             )
-        if flags & FrameFlags.MORE_COMING:
+        if flags & MORE_COMING:
             return False
         if len(self._properties) < self._properties_size:
             raise BLIPProtocolError(f"{self._label} ends before the end of its properties")

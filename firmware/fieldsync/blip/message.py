@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .frame import FrameFlags, MessageType
+from .frame import COMPRESSED, NO_REPLY, URGENT, MessageType
 
 __all__ = ["Message"]
 
@@ -21,15 +21,15 @@ class Message:
 
     @property
     def urgent(self) -> bool:
-        return bool(self.flags & FrameFlags.URGENT)
+        return bool(self.flags & URGENT)
 
     @property
     def compressed(self) -> bool:
-        return bool(self.flags & FrameFlags.COMPRESSED)
+        return bool(self.flags & COMPRESSED)
 
     @property
     def no_reply(self) -> bool:
-        return bool(self.flags & FrameFlags.NO_REPLY)
+        return bool(self.flags & NO_REPLY)
 
     @property
     def is_error(self) -> bool:

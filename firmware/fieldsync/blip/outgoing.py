@@ -3,7 +3,15 @@
 from __future__ import annotations
 
 from .compression import SYNC_FLUSH_TRAILER, Deflater, deflate_bound
-from .frame import CHECKSUM_SIZE, FrameFlags, MessageType
+from .frame import (
+    CHECKSUM_SIZE,
+    COMPRESSED,
+    MORE_COMING,
+    NO_REPLY,
+    TYPE_MASK,
+    URGENT,
+    MessageType,
+)
 from .varint import encode_uvarint
 
 __all__ = ["MAX_UNACKED_BYTES", "OutgoingMessage"]
@@ -39,7 +47,7 @@ class OutgoingMessage:
     def __init__(self, msg_type: MessageType, number: int, flags: int, data: list[Buffer]) -> None:
         self.type = msg_type
         self.number = number
-        self.flags = (flags & ~(FrameFlags.TYPE_MASK | FrameFlags.MORE_COMING)) | msg_type
+        self.flags = (int(flags) & ~(TYPE_MASK | MORE_COMING)) | int(msg_type)
         self._segments = [memoryview(d).cast("B") for d in data if len(d)]
         self.bytes_sent = 0
         self.unacked_bytes = 0
@@ -56,24 +64,24 @@ class OutgoingMessage:
     def ack(cls, acked_type: MessageType, number: int, byte_count: int) -> OutgoingMessage:
         """An ACK of ``byte_count`` frame bytes received of the peer's message ``number``."""
         ack_type = MessageType.ACKRPY if acked_type.is_response else MessageType.ACKMSG
-        flags = FrameFlags.URGENT | FrameFlags.NO_REPLY
+        flags = URGENT | NO_REPLY
         return cls(ack_type, number, flags, [encode_uvarint(byte_count)])
 
     @property
     def urgent(self) -> bool:
-        return bool(self.flags & FrameFlags.URGENT)
+        return bool(self.flags & URGENT)
 
     @property
     def no_reply(self) -> bool:
-        return bool(self.flags & FrameFlags.NO_REPLY)
+        return bool(self.flags & NO_REPLY)
 
     @property
     def is_ack(self) -> bool:
-        return self.type.is_ack
+        return self.type >= MessageType.ACKMSG
 
     @property
     def is_response(self) -> bool:
-        return self.type.is_response
+        return self.type == MessageType.RPY or self.type == MessageType.ERR
 
     @property
     def is_new(self) -> bool:
@@ -123,14 +131,14 @@ class OutgoingMessage:
             parts = list(self._take(1 << 62))
         else:
             room = max_size - header_size - CHECKSUM_SIZE
-            if self.flags & FrameFlags.COMPRESSED:
+            if self.flags & COMPRESSED:
                 parts = self._deflate_into(codec, room)
             else:
                 parts = list(self._take(room))
                 for piece in parts:
                     codec.add_uncompressed(piece)
             parts.append(codec.checksum_bytes())
-        flags = self.flags | (FrameFlags.MORE_COMING if self._segments else 0)
+        flags = self.flags | (MORE_COMING if self._segments else 0)
         frame = b"".join([number_bytes, bytes((flags,)), *parts])
         sent = len(frame) - header_size
         self.bytes_sent += sent

@@ -14,7 +14,15 @@ from collections.abc import Iterable, Mapping
 from .compression import Deflater, Inflater
 from .errors import BLIPProtocolError
 from .events import Event, RequestReceived, ResponseReceived
-from .frame import BIG_FRAME_SIZE, DEFAULT_FRAME_SIZE, FrameFlags, MessageType, decode_header
+from .frame import (
+    BIG_FRAME_SIZE,
+    COMPRESSED,
+    DEFAULT_FRAME_SIZE,
+    NO_REPLY,
+    URGENT,
+    MessageType,
+    decode_header,
+)
 from .incoming import ACK_INTERVAL, MessageAssembler
 from .outbox import Outbox
 from .outgoing import OutgoingMessage
@@ -256,14 +264,9 @@ class BLIPProtocol:
 
 
 def _flags(*, urgent: bool = False, compressed: bool = False, no_reply: bool = False) -> int:
-    flags = FrameFlags.NONE
-    if urgent:
-        flags |= FrameFlags.URGENT
-    if compressed:
-        flags |= FrameFlags.COMPRESSED
-    if no_reply:
-        flags |= FrameFlags.NO_REPLY
-    return int(flags)
+    return (URGENT if urgent else 0) | (COMPRESSED if compressed else 0) | (
+        NO_REPLY if no_reply else 0
+    )
 
 
 def _check_body(body: object) -> None:

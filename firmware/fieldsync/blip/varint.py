@@ -9,9 +9,13 @@ __all__ = ["MAX_VARINT_LEN64", "decode_uvarint", "encode_uvarint"]
 #: Longest encoding of a 64-bit value.
 MAX_VARINT_LEN64 = 10
 
+_SINGLE_BYTES = [bytes((i,)) for i in range(0x80)]
+
 
 def encode_uvarint(value: int) -> bytes:
     """Encode a non-negative integer below 2**64 as an unsigned LEB128 varint."""
+    if 0 <= value < 0x80:
+        return _SINGLE_BYTES[value]
     if value < 0 or value >= 1 << 64:
         raise ValueError(f"varint value out of range: {value}")
     out = bytearray()
@@ -30,6 +34,8 @@ def decode_uvarint(data: bytes | bytearray | memoryview, pos: int = 0, *, bits: 
     longer than a ``bits``-bit value allows or if the value does not fit in ``bits`` bits.
     ``what`` names the field in the error message.
     """
+    if pos < len(data) and data[pos] < 0x80:  # fast path: one-byte varint
+        return data[pos], pos + 1
     result = 0
     shift = 0
     end = len(data)
