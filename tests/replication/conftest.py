@@ -34,5 +34,11 @@ async def listener(device_db: Database) -> AsyncIterator[URLEndpointListener]:
     await server.stop()
 
 
-def url_of(listener: URLEndpointListener, name: str = "device") -> str:
+def url_for(listener: URLEndpointListener, name: str = "device") -> str:
     return f"ws://127.0.0.1:{listener.port}/{name}"
+
+
+@pytest.fixture
+def url_of():
+    """``url_of(listener, name="device")``: the ws:// URL of a database on a listener."""
+    return url_for

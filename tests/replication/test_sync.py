@@ -13,8 +13,6 @@ from fieldsync.listener import URLEndpointListener, URLEndpointListenerConfigura
 from fieldsync.replicator import Replicator, ReplicatorConfiguration, ReplicatorType
 from fieldsync.store import Database
 
-from .conftest import url_of
-
 PUSH, PULL, BOTH = ReplicatorType.PUSH, ReplicatorType.PULL, ReplicatorType.PUSH_AND_PULL
 
 
@@ -39,7 +37,7 @@ async def wait_for(predicate, timeout: float = 10.0) -> None:
         await asyncio.sleep(0.02)
 
 
-async def test_push_1000_documents(listener, device_db, phone_db) -> None:
+async def test_push_1000_documents(url_of, listener, device_db, phone_db) -> None:
     phone = phone_db.default_collection
     for i in range(1000):
         phone.save_document(f"doc-{i:04}", {"n": i, "text": "x" * 100})
@@ -53,7 +51,7 @@ async def test_push_1000_documents(listener, device_db, phone_db) -> None:
         )
 
 
-async def test_pull_1000_documents(listener, device_db, phone_db) -> None:
+async def test_pull_1000_documents(url_of, listener, device_db, phone_db) -> None:
     device = device_db.default_collection
     for i in range(1000):
         device.save_document(f"doc-{i:04}", {"n": i})
@@ -62,7 +60,7 @@ async def test_pull_1000_documents(listener, device_db, phone_db) -> None:
     assert bodies(phone_db.default_collection) == bodies(device)
 
 
-async def test_checkpoint_resume_sends_nothing_twice(listener, device_db, phone_db) -> None:
+async def test_checkpoint_resume_sends_nothing_twice(url_of, listener, device_db, phone_db) -> None:
     phone = phone_db.default_collection
     device = device_db.default_collection
     for i in range(50):
@@ -78,7 +76,7 @@ async def test_checkpoint_resume_sends_nothing_twice(listener, device_db, phone_
     assert (third.docs_pushed, third.docs_pulled) == (1, 1)
 
 
-async def test_tombstones_replicate_both_ways(listener, device_db, phone_db) -> None:
+async def test_tombstones_replicate_both_ways(url_of, listener, device_db, phone_db) -> None:
     phone = phone_db.default_collection
     device = device_db.default_collection
     phone.save_document("gone-from-phone", {"a": 1})
@@ -93,7 +91,7 @@ async def test_tombstones_replicate_both_ways(listener, device_db, phone_db) -> 
     assert phone.get_revision("gone-from-device").deleted
 
 
-async def test_blobs_both_ways(listener, device_db, phone_db) -> None:
+async def test_blobs_both_ways(url_of, listener, device_db, phone_db) -> None:
     phone_blob = bytes(range(256)) * 1000
     device_blob = b"sensor-trace" * 5000
     digest_p = phone_db.blobs.put(phone_blob)
@@ -111,7 +109,7 @@ async def test_blobs_both_ways(listener, device_db, phone_db) -> None:
     assert phone_db.blobs.read(digest_d) == device_blob
 
 
-async def test_conflict_is_refused_then_merge_lands(listener, device_db, phone_db) -> None:
+async def test_conflict_is_refused_then_merge_lands(url_of, listener, device_db, phone_db) -> None:
     phone = phone_db.default_collection
     device = device_db.default_collection
     phone.save_document("shared", {"v": 0})
@@ -138,7 +136,7 @@ async def test_conflict_is_refused_then_merge_lands(listener, device_db, phone_d
     assert device.get_document("shared").body == {"v": "merged"}
 
 
-async def test_collections(device_db, phone_db) -> None:
+async def test_collections(url_of, device_db, phone_db) -> None:
     device_a = device_db.create_collection("readings", "field")
     device_b = device_db.create_collection("notes", "field")
     config = URLEndpointListenerConfiguration(
@@ -160,7 +158,7 @@ async def test_collections(device_db, phone_db) -> None:
             await replicator(phone_db, url_of(server), PULL, collections=[missing]).run()
 
 
-async def test_continuous_both_ways_with_edits(listener, device_db, phone_db) -> None:
+async def test_continuous_both_ways_with_edits(url_of, listener, device_db, phone_db) -> None:
     phone = phone_db.default_collection
     device = device_db.default_collection
     repl = replicator(phone_db, url_of(listener), BOTH, continuous=True)
@@ -180,7 +178,7 @@ async def test_continuous_both_ways_with_edits(listener, device_db, phone_db) ->
 
 
 async def test_another_process_writing_reaches_a_continuous_pull(
-    listener, device_db, phone_db
+    url_of, listener, device_db, phone_db
 ) -> None:
     repl = replicator(phone_db, url_of(listener), PULL, continuous=True)
     task = asyncio.create_task(repl.run())
@@ -202,7 +200,9 @@ async def test_another_process_writing_reaches_a_continuous_pull(
         await asyncio.wait_for(task, 10)
 
 
-async def test_stopping_the_listener_closes_connections_with_1001(device_db, phone_db) -> None:
+async def test_stopping_the_listener_closes_connections_with_1001(
+    url_of, device_db, phone_db
+) -> None:
     config = URLEndpointListenerConfiguration(database=device_db, port=0, disable_tls=True)
     server = URLEndpointListener(config)
     await server.start()
@@ -215,7 +215,7 @@ async def test_stopping_the_listener_closes_connections_with_1001(device_db, pho
         await asyncio.wait_for(task, 10)
 
 
-async def test_read_only_listener_refuses_push_and_serves_pull(device_db, phone_db) -> None:
+async def test_read_only_listener_refuses_push_and_serves_pull(url_of, device_db, phone_db) -> None:
     device_db.default_collection.save_document("d", {"x": 1})
     config = URLEndpointListenerConfiguration(
         database=device_db, port=0, disable_tls=True, read_only=True
@@ -229,7 +229,7 @@ async def test_read_only_listener_refuses_push_and_serves_pull(device_db, phone_
     assert device_db.default_collection.get_document("p") is None
 
 
-async def test_second_database_behind_one_port(tmp_path, device_db, phone_db) -> None:
+async def test_second_database_behind_one_port(url_of, tmp_path, device_db, phone_db) -> None:
     other = Database.open(tmp_path / "other")
     try:
         other.default_collection.save_document("o", {"from": "other"})
@@ -239,6 +239,6 @@ async def test_second_database_behind_one_port(tmp_path, device_db, phone_db) ->
         async with URLEndpointListener(config) as server:
             await replicator(phone_db, url_of(server, "other"), PULL).run()
             assert phone_db.default_collection.get_document("o").body == {"from": "other"}
-            assert sorted(u.rsplit("/", 1)[1] for u in server.urls)[:2] == ["device", "other"]
+            assert {u.rsplit("/", 1)[1] for u in server.urls} == {"device", "other"}
     finally:
         other.close()

@@ -110,6 +110,14 @@ class _CollectionState:
         self.last_pull_announced: Any = None
         self.saved: tuple[Any, Any] | None = None
         self.pusher: Pusher | None = None
+        #: The revision the remote is known to have of each document (the serverRevID to
+        #: propose against), kept in the local database between runs.
+        self.remote_revs: dict[str, str] = {}
+        self.remote_revs_saved = 0
+
+    @property
+    def remote_revs_key(self) -> str:
+        return "remote-revs/" + self.checkpoint_id
 
     def checkpoint_body(self) -> dict[str, Any]:
         body: dict[str, Any] = {"time": int(time.time())}
@@ -211,6 +219,7 @@ class Replicator:
             accept_deltas=self.config.enable_delta_sync,
             on_sequence_done=self._pull_sequence_done,
             on_caught_up=self._pull_caught_up,
+            on_stored=self._pulled,
         )
         blobs = BlobServer(database, self.stats)
         self._register(session, puller, blobs)
@@ -231,6 +240,7 @@ class Replicator:
                         continuous=self.config.continuous,
                         since=state.push_tracker.checkpoint or 0,
                         propose=True,
+                        remote_revs=state.remote_revs,
                         delta_encoder=make_delta_encoder()
                         if self.config.enable_delta_sync
                         else None,
@@ -259,8 +269,8 @@ class Replicator:
                     raise job.exception()  # type: ignore[misc]
             if reader in done and not self._stop.is_set() and not all(j.done() for j in jobs):
                 raise ReplicationError(
-                        f"connection closed by peer: {session.close_code} {session.close_reason}"
-                    )
+                    f"connection closed by peer: {session.close_code} {session.close_reason}"
+                )
         finally:
             for task in [*jobs, saver, stop]:
                 task.cancel()
@@ -324,6 +334,11 @@ class Replicator:
         state = self._by_index.get(index)
         if state is not None:
             state.pull_tracker.complete(sequence)
+
+    def _pulled(self, index: int | None, doc_id: str, rev_id: str) -> None:
+        state = self._by_index.get(index)
+        if state is not None:
+            state.remote_revs[doc_id] = rev_id
 
     def _pull_caught_up(self, index: int | None) -> None:
         state = self._by_index.get(index)
@@ -402,7 +417,9 @@ class Replicator:
 
     def _adopt_checkpoint(self, state: _CollectionState, remote: dict[str, Any] | None) -> None:
         """Resume from the remote checkpoint only if it matches the one saved locally."""
-        local = _json_dict(self.config.database.get_local("checkpoint/" + state.checkpoint_id))
+        database = self.config.database
+        state.remote_revs.update(_json_dict(database.get_local(state.remote_revs_key)) or {})
+        local = _json_dict(database.get_local("checkpoint/" + state.checkpoint_id))
         if (
             remote
             and local
@@ -449,6 +466,11 @@ class Replicator:
 
     async def _save_checkpoints(self, session: BLIPSession) -> None:
         for state in self._states:
+            if len(state.remote_revs) != state.remote_revs_saved or state.saved is None:
+                self.config.database.set_local(
+                    state.remote_revs_key, encode_json(state.remote_revs)
+                )
+                state.remote_revs_saved = len(state.remote_revs)
             current = (state.push_tracker.checkpoint or None, state.pull_tracker.checkpoint)
             if current == state.saved or current == (None, None):
                 continue

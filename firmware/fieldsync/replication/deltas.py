@@ -51,11 +51,12 @@ def apply_received_delta(collection: Any, doc_id: str, base_rev_id: str, delta: 
 
 def make_delta_encoder() -> Any:
     """A Pusher delta encoder: delta against the newest known ancestor whose body we still have."""
-    from fieldsync.delta import create_delta_json
 
     def encode(collection: Any, doc_id: str, body: bytes, known: list[str]) -> Any:
         if len(body) < MIN_BODY_SIZE_FOR_DELTA:
             return None
+        from fieldsync.delta import create_delta_json
+
         for base_rev_id in known:
             base = collection.get_revision(doc_id, base_rev_id)
             if base is None or base.body is None:

@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 
 #: Called when an announced revision is finished: (collection index, sequence).
 SequenceDone = Callable[[int | None, Any], None]
+#: Called after a received revision is stored: (collection index, docID, revID).
+RevisionStored = Callable[[int | None, str, str], None]
 
 
 class Puller:
@@ -50,6 +52,7 @@ class Puller:
         max_history: int = DEFAULT_MAX_HISTORY,
         on_sequence_done: SequenceDone | None = None,
         on_caught_up: Callable[[int | None], None] | None = None,
+        on_stored: RevisionStored | None = None,
     ) -> None:
         self._session = session
         self._database = database
@@ -59,6 +62,7 @@ class Puller:
         self._max_history = max_history
         self._on_sequence_done = on_sequence_done
         self._on_caught_up = on_caught_up
+        self._on_stored = on_stored
         self._announced_deltas = False
         self._blob_fetches: dict[str, asyncio.Future[None]] = {}
 
@@ -206,6 +210,8 @@ class Puller:
             return
         if result.status in (200, 201):
             self._stats.docs_in += result.status == 201
+            if self._on_stored is not None:
+                self._on_stored(index, doc_id, rev_id)
             if not request.no_reply:
                 request.respond()
             return
