@@ -67,7 +67,7 @@ class Database:
         self._by_id: dict[int, Collection] = {}
         self._known_sequences: dict[int, int] = {}
         self._data_version = conn.execute("PRAGMA data_version").fetchone()[0]
-        self._refresh_collections()
+        self._refresh_collections(initial=True)
 
     @classmethod
     def open(
@@ -213,10 +213,15 @@ class Database:
 
     # -- collections -------------------------------------------------------------------------
 
-    def _refresh_collections(self) -> list[tuple[Collection, int]]:
-        """Re-read the collection list; return the collections whose last sequence moved."""
+    def _refresh_collections(self, *, initial: bool = False) -> list[tuple[Collection, int]]:
+        """Re-read the collection list; return each collection with its last sequence.
+
+        A collection seen for the first time counts as notified up to its current sequence
+        when the database is being opened, and up to 0 otherwise (so ``poll_changes`` reports
+        collections another process created and filled).
+        """
         rows = self._query("SELECT id, scope, name, last_sequence FROM collections ORDER BY id")
-        moved: list[tuple[Collection, int]] = []
+        result: list[tuple[Collection, int]] = []
         with self._lock:
             for cid, scope, name, last_sequence in rows:
                 collection = self._by_id.get(cid)
@@ -224,13 +229,9 @@ class Database:
                     collection = Collection(self, cid, scope, name)
                     self._by_id[cid] = collection
                     self._collections[(scope, name)] = collection
-                    self._known_sequences.setdefault(cid, last_sequence)
-                    if last_sequence != self._known_sequences[cid]:
-                        moved.append((collection, last_sequence))
-                elif last_sequence != self._known_sequences.get(cid):
-                    moved.append((collection, last_sequence))
-                self._known_sequences[cid] = last_sequence
-        return moved
+                    self._known_sequences[cid] = last_sequence if initial else 0
+                result.append((collection, last_sequence))
+        return result
 
     @property
     def default_collection(self) -> Collection:
@@ -305,10 +306,14 @@ class Database:
             if version == self._data_version:
                 return False
             self._data_version = version
-            moved = self._refresh_collections()
+            moved: dict[int, int] = {}
+            for collection, sequence in self._refresh_collections():
+                if sequence != self._known_sequences.get(collection.id):
+                    moved[collection.id] = sequence
+                    self._known_sequences[collection.id] = sequence
         if not moved:
             return False
-        self._notify({collection.id: sequence for collection, sequence in moved})
+        self._notify(moved)
         return True
 
     def _notify(self, sequences: dict[int, int]) -> None:

@@ -15,10 +15,16 @@ class InvalidInput(StoreError, ValueError):
     status = 400
 
 
-class NotFoundError(StoreError, LookupError):
-    """A document, revision, collection, database or blob that does not exist (404)."""
+class NotFoundError(StoreError, KeyError):
+    """A document, revision, collection, database or blob that does not exist (404).
+
+    Also a ``KeyError``, so ``except KeyError`` catches a missing blob.
+    """
 
     status = 404
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return Exception.__str__(self)
 
 
 class ConflictError(StoreError):

@@ -1,0 +1,236 @@
+"""``fieldsync db``: look at and edit the document store from the shell.
+
+    fieldsync db [--db PATH] put [--collection SCOPE.NAME] [--rev REV] DOC_ID [JSON]
+    fieldsync db [--db PATH] get [--collection SCOPE.NAME] [--rev REV] DOC_ID
+    fieldsync db [--db PATH] list [--collection SCOPE.NAME] [--since SEQ] [--limit N] [--all]
+    fieldsync db [--db PATH] delete [--collection SCOPE.NAME] [--rev REV] DOC_ID
+    fieldsync db [--db PATH] info [--json]
+
+``put`` reads the document JSON from standard input when it is not given (or is ``-``).
+Errors are one line on standard error and exit status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sqlite3
+import sys
+from pathlib import Path
+from typing import Any
+
+from fieldsync.store import Collection, Database, StoreError
+from fieldsync.store.names import DEFAULT_COLLECTION, DEFAULT_SCOPE
+from fieldsync.store.paths import default_database_path
+
+DEFAULT_COLLECTION_NAME = f"{DEFAULT_SCOPE}.{DEFAULT_COLLECTION}"
+
+
+class CommandError(Exception):
+    """A failure reported as one line on stderr."""
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    db_option = argparse.ArgumentParser(add_help=False)
+    db_option.add_argument(
+        "--db",
+        metavar="PATH",
+        default=argparse.SUPPRESS,
+        help=f"database directory (default: {default_database_path()})",
+    )
+    collection_option = argparse.ArgumentParser(add_help=False)
+    collection_option.add_argument(
+        "--collection",
+        "-c",
+        metavar="SCOPE.NAME",
+        default=DEFAULT_COLLECTION_NAME,
+        help="collection (default: %(default)s)",
+    )
+
+    parser = subparsers.add_parser(
+        "db",
+        parents=[db_option],
+        help="inspect and edit the document store",
+        description="Inspect and edit the local document store.",
+    )
+    parser.set_defaults(func=lambda _args: _usage(parser))
+    commands = parser.add_subparsers(dest="db_command", metavar="SUBCOMMAND")
+
+    put = commands.add_parser("put", parents=[db_option, collection_option], help="save a document")
+    put.add_argument("doc_id", metavar="DOC_ID")
+    put.add_argument(
+        "json", metavar="JSON", nargs="?", default="-", help="document body (default: stdin)"
+    )
+    put.add_argument("--rev", help="fail unless this is the document's current revision")
+    put.set_defaults(func=cmd_put)
+
+    get = commands.add_parser(
+        "get", parents=[db_option, collection_option], help="print a document"
+    )
+    get.add_argument("doc_id", metavar="DOC_ID")
+    get.add_argument("--rev", help="a specific revision instead of the current one")
+    get.set_defaults(func=cmd_get)
+
+    listing = commands.add_parser(
+        "list", parents=[db_option, collection_option], help="list documents in sequence order"
+    )
+    listing.add_argument("--since", type=int, default=0, metavar="SEQ")
+    listing.add_argument("--limit", type=int, default=None, metavar="N")
+    listing.add_argument("--all", action="store_true", help="include deleted documents")
+    listing.set_defaults(func=cmd_list)
+
+    delete = commands.add_parser(
+        "delete", parents=[db_option, collection_option], help="delete a document"
+    )
+    delete.add_argument("doc_id", metavar="DOC_ID")
+    delete.add_argument("--rev", help="fail unless this is the document's current revision")
+    delete.set_defaults(func=cmd_delete)
+
+    info = commands.add_parser(
+        "info", parents=[db_option], help="show collections, counts and size"
+    )
+    info.add_argument("--json", action="store_true", help="machine-readable output")
+    info.set_defaults(func=cmd_info)
+
+
+def _usage(parser: argparse.ArgumentParser) -> int:
+    parser.print_help(sys.stderr)
+    return 2
+
+
+def _guarded(command: Any) -> Any:
+    """Turn store and I/O failures into one line on stderr and exit status 1."""
+
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return command(args)
+        except (CommandError, StoreError, sqlite3.Error, OSError) as exc:
+            message = str(exc) or type(exc).__name__
+            print(f"fieldsync db: error: {message}", file=sys.stderr)
+            return 1
+
+    run.__doc__ = command.__doc__
+    return run
+
+
+def _database_path(args: argparse.Namespace) -> Path:
+    path = getattr(args, "db", None)
+    return Path(path) if path else default_database_path()
+
+
+def _open(args: argparse.Namespace, *, create: bool = False) -> Database:
+    return Database.open(_database_path(args), create=create)
+
+
+def _collection(db: Database, args: argparse.Namespace, *, create: bool = False) -> Collection:
+    collection = db.collection(args.collection, create=create)
+    if collection is None:
+        raise CommandError(f"no collection {args.collection} in {db.path}")
+    return collection
+
+
+def _read_json(text: str) -> Any:
+    if text == "-":
+        text = sys.stdin.read()
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise CommandError(f"document is not valid JSON: {exc}") from None
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, ensure_ascii=False, separators=(",", ":")))
+
+
+@_guarded
+def cmd_put(args: argparse.Namespace) -> int:
+    body = _read_json(args.json)
+    if not isinstance(body, dict):
+        raise CommandError("document must be a JSON object")
+    with _open(args, create=True) as db:
+        doc = _collection(db, args, create=True).save_document(
+            args.doc_id, body, expected_rev=args.rev
+        )
+    _print_json({"id": doc.doc_id, "rev": doc.rev_id, "sequence": doc.sequence})
+    return 0
+
+
+@_guarded
+def cmd_get(args: argparse.Namespace) -> int:
+    with _open(args) as db:
+        collection = _collection(db, args)
+        if args.rev is None:
+            doc = collection.get_document(args.doc_id)
+            if doc is None:
+                raise CommandError(f"no document {args.doc_id!r} in {collection.full_name}")
+            _print_json({"_id": doc.doc_id, "_rev": doc.rev_id, **doc.body})
+            return 0
+        rev = collection.get_revision(args.doc_id, args.rev)
+        if rev is None:
+            raise CommandError(f"no revision {args.rev} of {args.doc_id!r}")
+        if rev.body is None:
+            raise CommandError(f"the body of revision {args.rev} is no longer stored")
+        out: dict[str, Any] = {"_id": rev.doc_id, "_rev": rev.rev_id}
+        if rev.deleted:
+            out["_deleted"] = True
+        out.update(json.loads(rev.body))
+        _print_json(out)
+    return 0
+
+
+@_guarded
+def cmd_list(args: argparse.Namespace) -> int:
+    with _open(args) as db:
+        changes = _collection(db, args).changes_since(
+            args.since, limit=args.limit, active_only=not args.all
+        )
+    for change in changes:
+        suffix = "\tdeleted" if change.deleted else ""
+        print(f"{change.sequence}\t{change.doc_id}\t{change.rev_id}{suffix}")
+    return 0
+
+
+@_guarded
+def cmd_delete(args: argparse.Namespace) -> int:
+    with _open(args) as db:
+        doc = _collection(db, args).delete_document(args.doc_id, expected_rev=args.rev)
+    _print_json({"id": doc.doc_id, "rev": doc.rev_id, "sequence": doc.sequence})
+    return 0
+
+
+@_guarded
+def cmd_info(args: argparse.Namespace) -> int:
+    with _open(args) as db:
+        collections = [
+            {
+                "name": c.full_name,
+                "documents": c.count(),
+                "deleted": c.count(include_deleted=True) - c.count(),
+                "last_sequence": c.last_sequence,
+            }
+            for c in db.collections()
+        ]
+        digests = list(db.blobs.digests())
+        info = {
+            "path": str(db.path),
+            "name": db.name,
+            "size": db.disk_size(),
+            "blobs": len(digests),
+            "blob_bytes": db.blobs.total_size(),
+            "collections": collections,
+        }
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"database    {info['path']}")
+    print(f"name        {info['name']}")
+    print(f"size        {info['size']} bytes on disk")
+    print(f"blobs       {info['blobs']} ({info['blob_bytes']} bytes)")
+    width = max(len("collection"), *(len(c["name"]) for c in collections))
+    print(f"{'collection':<{width}}  {'documents':>9}  {'deleted':>7}  {'last sequence':>13}")
+    for c in collections:
+        print(
+            f"{c['name']:<{width}}  {c['documents']:>9}  {c['deleted']:>7}  "
+            f"{c['last_sequence']:>13}"
+        )
+    return 0
