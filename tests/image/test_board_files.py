@@ -7,7 +7,8 @@ from pathlib import Path
 
 from fieldsync.agent.config import load_config
 
-from .conftest import BOARD
+BOARD = Path(__file__).resolve().parents[2] / "board"
+
 
 UNITS = BOARD / "rootfs/etc/systemd/system"
 

@@ -11,10 +11,12 @@ import hashlib
 import stat
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from .conftest import BOARD
+BOARD = Path(__file__).resolve().parents[2] / "board"
+
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHnCWSn6F3wAHjJz1Ir0mZLkWf5PXbVtQSfHdwtNnbv9 op@laptop"
 
