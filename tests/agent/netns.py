@@ -65,8 +65,19 @@ class NetnsPair:
 
     def create_wlan0(self, address: str | None = "10.213.0.1/24", *, up: bool = True) -> None:
         """A veth pair: ``wlan0`` in the device namespace, ``phone0`` (10.213.0.2) in the other."""
-        self.ip(self.device, "link", "add", "fsveth0", "type", "veth", "peer", "name",
-                self.peer, "netns", self.phone)
+        self.ip(
+            self.device,
+            "link",
+            "add",
+            "fsveth0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            self.peer,
+            "netns",
+            self.phone,
+        )
         self.ip(self.device, "link", "set", "fsveth0", "name", "wlan0")
         self.ip(self.phone, "addr", "add", "10.213.0.2/24", "dev", self.peer)
         self.ip(self.phone, "link", "set", self.peer, "up")
@@ -81,8 +92,9 @@ class NetnsPair:
     def exec_argv(self, ns: str, *argv: str) -> list[str]:
         return ["ip", "netns", "exec", ns, *argv]
 
-    def start(self, ns: str, script: str, *args: str, env: dict[str, str] | None = None
-              ) -> NsProcess:
+    def start(
+        self, ns: str, script: str, *args: str, env: dict[str, str] | None = None
+    ) -> NsProcess:
         """Run ``helpers/<script>`` with this Python inside namespace ``ns``."""
         argv = self.exec_argv(ns, sys.executable, str(HELPERS / script), *args)
         process = NsProcess(argv, env=env)
@@ -141,8 +153,9 @@ class NsProcess:
         self.proc.stdin.write(line + "\n")
         self.proc.stdin.flush()
 
-    def expect(self, predicate: Callable[[Any], bool], timeout: float = 15.0,
-               what: str = "") -> Any:
+    def expect(
+        self, predicate: Callable[[Any], bool], timeout: float = 15.0, what: str = ""
+    ) -> Any:
         """The first new message matching ``predicate``; AssertionError after ``timeout``."""
         deadline = time.monotonic() + timeout
         while True:
@@ -181,3 +194,131 @@ class NsProcess:
             with contextlib.suppress(Exception):
                 if stream:
                     stream.close()
+
+
+AVAHI_TOOLS = ("avahi-daemon", "avahi-browse", "dbus-daemon")
+
+_BUS_CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>system</type>
+  <listen>unix:path={socket}</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow user="*"/>
+    <allow own="*"/>
+    <allow send_destination="*"/>
+    <allow receive_sender="*"/>
+  </policy>
+</busconfig>
+"""
+
+_AVAHI_CONFIG = """[server]
+host-name=fs-test-phone
+use-ipv4=yes
+use-ipv6=no
+allow-interfaces={interface}
+enable-dbus=yes
+ratelimit-interval-usec=1000000
+ratelimit-burst=1000
+[publish]
+publish-addresses=no
+publish-hinfo=no
+publish-workstation=no
+publish-domain=no
+"""
+
+
+def avahi_unavailable_reason() -> str | None:
+    missing = [tool for tool in AVAHI_TOOLS if shutil.which(tool) is None]
+    if missing:
+        return f"{', '.join(missing)} not installed (apt-get install avahi-daemon avahi-utils dbus)"
+    return None
+
+
+class Avahi:
+    """A private D-Bus system bus and an avahi-daemon inside the phone namespace."""
+
+    def __init__(self, pair: NetnsPair, workdir: Path) -> None:
+        self.pair = pair
+        self.bus_socket = workdir / "system_bus_socket"
+        (workdir / "bus.conf").write_text(_BUS_CONFIG.format(socket=self.bus_socket))
+        (workdir / "avahi.conf").write_text(_AVAHI_CONFIG.format(interface=pair.peer))
+        self.env = {"DBUS_SYSTEM_BUS_ADDRESS": f"unix:path={self.bus_socket}"}
+        self.dbus = NsProcess(
+            pair.exec_argv(
+                pair.phone,
+                "dbus-daemon",
+                f"--config-file={workdir / 'bus.conf'}",
+                "--nofork",
+                "--print-address",
+            )
+        )
+        pair.processes.append(self.dbus)
+        self.dbus.expect(
+            lambda m: "raw" in m and "unix:path" in m["raw"], timeout=15, what="dbus address"
+        )
+        # A tmpfs over /run inside this mount namespace (ip netns exec makes its mounts private)
+        # keeps avahi's pid file away from the host's /run.
+        script = (
+            "mount -t tmpfs fs-test-run /run && mkdir -p /run/avahi-daemon && "
+            f"exec avahi-daemon -f {workdir / 'avahi.conf'} --no-drop-root --no-chroot "
+            "--no-rlimits"
+        )
+        self.daemon = NsProcess(pair.exec_argv(pair.phone, "sh", "-c", script), env=self.env)
+        pair.processes.append(self.daemon)
+        deadline = time.monotonic() + 20
+        while not any("Server startup complete" in line for line in self.daemon.stderr_lines):
+            if self.daemon.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(
+                    "avahi-daemon did not start: " + "\n".join(self.daemon.stderr_lines[-10:])
+                )
+            time.sleep(0.05)
+
+    def browse(self, service_type: str) -> list[dict[str, Any]]:
+        """One ``avahi-browse -rpt`` run: the resolved services it knows now."""
+        result = subprocess.run(
+            self.pair.exec_argv(self.pair.phone, "avahi-browse", "-rpt", service_type),
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env={**os.environ, **self.env},
+        )
+        services = []
+        for line in result.stdout.splitlines():
+            fields = line.split(";")
+            if fields[0] != "=" or len(fields) < 10:
+                continue
+            services.append(
+                {
+                    "interface": fields[1],
+                    "name": _avahi_unescape(fields[3]),
+                    "type": fields[4],
+                    "host": fields[6],
+                    "address": fields[7],
+                    "port": int(fields[8]),
+                    "txt": sorted(t.strip('"') for t in fields[9].split('" "') if t),
+                }
+            )
+        return services
+
+    def wait_for(
+        self,
+        service_type: str,
+        predicate: Callable[[list[dict[str, Any]]], bool],
+        timeout: float = 20.0,
+    ) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        services: list[dict[str, Any]] = []
+        while time.monotonic() < deadline:
+            services = self.browse(service_type)
+            if predicate(services):
+                return services
+            time.sleep(0.3)
+        raise AssertionError(f"avahi-browse never saw what was expected; last: {services}")
+
+
+def _avahi_unescape(text: str) -> str:
+    import re
+
+    return re.sub(r"\\(\d{3})", lambda m: chr(int(m.group(1))), text).replace("\\.", ".")

@@ -14,7 +14,7 @@ import logging
 import socket
 from collections.abc import Mapping, Sequence
 
-from zeroconf import IPVersion
+from zeroconf import DNSAddress, DNSOutgoing, IPVersion
 from zeroconf.asyncio import AsyncServiceInfo, AsyncZeroconf
 
 log = logging.getLogger(__name__)
@@ -22,6 +22,13 @@ log = logging.getLogger(__name__)
 PROTOCOL = "BLIP_3+CBMobile_3"
 DEFAULT_SERVICE_TYPE = "_fieldsync._tcp"
 _TXT_ENTRY_MAX = 255
+# DNS wire values (RFC 1035, RFC 3596, RFC 6762)
+_TYPE_A = 1
+_TYPE_AAAA = 28
+_CLASS_IN = 1
+_CLASS_UNIQUE = 0x8000  # the mDNS cache-flush bit
+_FLAGS_QR_RESPONSE = 0x8000
+_FLAGS_AA = 0x0400
 
 
 def build_txt(
@@ -154,18 +161,24 @@ class ServiceAdvertiser:
             return
         instance = self.name
         info = self._service_info(instance, new_addresses, new_port, new_txt)
+        if new_addresses != self._addresses and not hasattr(self._zc, "async_update_interfaces"):
+            await self.withdraw()  # older zeroconf: start over on the new addresses
+            self.instance_name = instance
+            await self.advertise(new_addresses, new_port, new_txt)
+            return
+        # Register the new records first: adding the new interface re-announces what is
+        # registered, and announcing the old address there would keep it alive in caches.
+        broadcast = await self._zc.async_update_service(info)
         if new_addresses != self._addresses:
-            if not hasattr(self._zc, "async_update_interfaces"):
-                await self.withdraw()
-                self.instance_name = instance
-                await self.advertise(new_addresses, new_port, new_txt)
-                return
             await self._zc.async_update_interfaces(
                 interfaces=self._zeroconf_interfaces(new_addresses),
                 ip_version=_ip_version(new_addresses),
             )
-        broadcast = await self._zc.async_update_service(info)
-        await broadcast
+        with contextlib.suppress(OSError):  # sends on an interface that just lost its address
+            await broadcast
+        removed = [a for a in self._addresses if a not in new_addresses]
+        if removed:
+            self._send_address_goodbyes(removed)
         self._info = info
         self._addresses, self._port, self._txt = new_addresses, new_port, new_txt
         log.info(
@@ -193,6 +206,26 @@ class ServiceAdvertiser:
         """Withdraw and release the multicast sockets for good."""
         self._closed = True
         await self.withdraw()
+
+    def _send_address_goodbyes(self, addresses: Sequence[str]) -> None:
+        """Tell caches to drop addresses this host no longer has (TTL-0 address records).
+
+        Without them a cache that heard the old address less than a second before the update
+        keeps it until its TTL runs out (RFC 6762 10.2 only flushes records older than 1 s).
+        """
+        assert self._zc is not None
+        out = DNSOutgoing(_FLAGS_QR_RESPONSE | _FLAGS_AA)
+        for address in addresses:
+            ip = ipaddress.ip_address(address)
+            record_type = _TYPE_A if ip.version == 4 else _TYPE_AAAA
+            record = DNSAddress(
+                self.host_name, record_type, _CLASS_IN | _CLASS_UNIQUE, 0, ip.packed
+            )
+            out.add_answer_at_time(record, 0)
+        try:
+            self._zc.zeroconf.async_send(out)
+        except Exception as exc:
+            log.debug("address goodbyes not sent: %s", exc)
 
     def _service_info(
         self, instance: str, addresses: Sequence[str], port: int, txt: Mapping[str, str]

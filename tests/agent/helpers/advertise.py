@@ -10,8 +10,9 @@ from fieldsync.agent.advertiser import ServiceAdvertiser
 
 
 async def main(service_type: str, instance: str, interface: str) -> None:
-    advertiser = ServiceAdvertiser(service_type, instance, host_name="fs-test-device",
-                                   interface=interface)
+    advertiser = ServiceAdvertiser(
+        service_type, instance, host_name="fs-test-device", interface=interface
+    )
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
@@ -24,8 +25,17 @@ async def main(service_type: str, instance: str, interface: str) -> None:
         except Exception as exc:
             print(json.dumps({"event": "error", "cmd": name, "error": repr(exc)}), flush=True)
             continue
-        print(json.dumps({"event": "done", "cmd": name, "name": advertiser.name,
-                          "addresses": list(advertiser.addresses)}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "event": "done",
+                    "cmd": name,
+                    "name": advertiser.name,
+                    "addresses": list(advertiser.addresses),
+                }
+            ),
+            flush=True,
+        )
         if name == "close":
             return
 
