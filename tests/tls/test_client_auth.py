@@ -1,0 +1,302 @@
+"""Client-certificate authentication over real TLS handshakes on 127.0.0.1."""
+
+from __future__ import annotations
+
+import datetime as dt
+import gc
+import ssl
+from collections.abc import Callable
+
+import pytest
+from cryptography import x509
+from cryptography.x509.oid import ExtendedKeyUsageOID
+from tls_helpers import NOW, ClientOutcome, ServerOutcome, TestPKI, connect, issue, serve_once
+
+from fieldsync.listener.auth import AuthResult, ListenerCertificateAuthenticator
+from fieldsync.tls import context as context_module
+from fieldsync.tls.context import (
+    ClientAuthUnsupported,
+    client_ssl_context,
+    configure_client_auth,
+    peer_certificate_chain,
+    server_ssl_context,
+)
+from fieldsync.tls.identity import TLSIdentity
+
+
+@pytest.fixture(scope="module")
+def server_identity() -> TLSIdentity:
+    return TLSIdentity.create_identity(True, {"CN": "device"}, key_type="ec")
+
+
+def _run(
+    server_identity: TLSIdentity,
+    authenticator: ListenerCertificateAuthenticator,
+    client_identity: TLSIdentity | None,
+) -> tuple[ClientOutcome, ServerOutcome, dict[str, object]]:
+    """One connection: the server authenticates the peer chain and answers OK/DENIED."""
+    seen: dict[str, object] = {}
+
+    def on_connection(conn: ssl.SSLSocket) -> bytes:
+        chain = peer_certificate_chain(conn)
+        result = authenticator.authenticate(chain)
+        seen["chain"], seen["result"] = chain, result
+        if result.ok:
+            return f"OK {result.username}".encode()
+        return f"DENIED {result.reason}".encode()
+
+    context = server_ssl_context(server_identity, client_auth=authenticator)
+    port, thread, server = serve_once(context, on_connection)
+    client_context = client_ssl_context(
+        pinned_certificate=server_identity.leaf, identity=client_identity
+    )
+    client = connect(client_context, port)
+    thread.join()
+    return client, server, seen
+
+
+# -- root-certificate mode ---------------------------------------------------------------------
+
+
+def test_client_from_the_trusted_ca_is_accepted_with_its_chain(
+    server_identity: TLSIdentity, pki: TestPKI
+) -> None:
+    phone = issue(pki.intermediate, "phone")
+    authenticator = ListenerCertificateAuthenticator([pki.root.cert])
+    client, server, seen = _run(server_identity, authenticator, phone)
+    assert server.error is None, server.error
+    assert client.line == b"OK phone\n"
+    assert seen["chain"] == [phone.leaf, pki.intermediate.cert]
+
+
+def test_client_signed_directly_by_the_root_is_accepted(
+    server_identity: TLSIdentity, pki: TestPKI
+) -> None:
+    phone = issue(pki.root, "phone")
+    client, _, _ = _run(server_identity, ListenerCertificateAuthenticator([pki.root.cert]), phone)
+    assert client.line == b"OK phone\n"
+
+
+@pytest.mark.parametrize("tls_version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
+def test_client_from_another_ca_is_refused(
+    server_identity: TLSIdentity, pki: TestPKI, tls_version: ssl.TLSVersion
+) -> None:
+    stranger = issue(pki.other_root, "stranger")
+    authenticator = ListenerCertificateAuthenticator([pki.root.cert])
+    context = server_ssl_context(server_identity, client_auth=authenticator)
+    port, thread, server = serve_once(context, lambda conn: b"OK")
+    client_context = client_ssl_context(pinned_certificate=server_identity.leaf, identity=stranger)
+    client_context.maximum_version = tls_version
+    client = connect(client_context, port)
+    thread.join()
+    assert client.refused
+    assert isinstance(server.error, ssl.SSLCertVerificationError)
+
+
+def test_client_without_certificate_is_refused(server_identity: TLSIdentity, pki: TestPKI) -> None:
+    client, server, seen = _run(
+        server_identity, ListenerCertificateAuthenticator([pki.root.cert]), None
+    )
+    assert client.refused
+    assert isinstance(server.error, ssl.SSLError)
+    assert "peer did not return a certificate" in str(server.error)
+    assert seen == {}
+
+
+def test_expired_client_certificate_is_refused(server_identity: TLSIdentity, pki: TestPKI) -> None:
+    expired = issue(
+        pki.root,
+        "old-phone",
+        not_before=NOW - dt.timedelta(days=20),
+        not_after=NOW - dt.timedelta(days=1),
+    )
+    authenticator = ListenerCertificateAuthenticator([pki.root.cert])
+    client, server, _ = _run(server_identity, authenticator, expired)
+    assert client.refused
+    assert isinstance(server.error, ssl.SSLCertVerificationError)
+    assert "expired" in str(server.error)
+    # and the second check, on its own
+    result = authenticator.authenticate(expired.certs)
+    assert not result.ok and "not valid at validation time" in result.reason
+
+
+def test_self_signed_client_certificate_listed_as_root_is_accepted(
+    server_identity: TLSIdentity,
+) -> None:
+    phone = TLSIdentity.create_identity(False, {"CN": "pinned-phone"}, key_type="ec")
+    authenticator = ListenerCertificateAuthenticator([phone.leaf])
+    client, _, _ = _run(server_identity, authenticator, phone)
+    assert client.line == b"OK pinned-phone\n"
+
+
+# -- root-certificate mode, the cryptography check alone --------------------------------------
+
+
+def test_authenticate_checks_chain_time_and_usage(pki: TestPKI) -> None:
+    authenticator = ListenerCertificateAuthenticator([pki.root.cert])
+    phone = issue(pki.intermediate, "phone")
+    assert authenticator.authenticate(phone.certs) == AuthResult(True, "phone", "")
+
+    missing_intermediate = authenticator.authenticate([phone.leaf])
+    assert not missing_intermediate.ok and "not trusted" in missing_intermediate.reason
+
+    later = authenticator.authenticate(phone.certs, now=NOW + dt.timedelta(days=60))
+    assert not later.ok and "not valid at validation time" in later.reason
+
+    server_only = issue(pki.root, "server-only", eku=[ExtendedKeyUsageOID.SERVER_AUTH])
+    refused = authenticator.authenticate(server_only.certs)
+    assert not refused.ok and "client authentication" in refused.reason
+
+    stranger = issue(pki.other_root, "stranger")
+    assert not authenticator.authenticate(stranger.certs).ok
+    assert authenticator.authenticate([]) == AuthResult(
+        False, None, "the client presented no certificate"
+    )
+
+
+def test_a_leaf_cannot_act_as_a_ca(pki: TestPKI) -> None:
+    """A client certificate (CA:FALSE) issued by the root cannot issue further certificates."""
+    from tls_helpers import CA
+
+    phone = issue(pki.root, "phone")
+    fake_ca = CA(phone.leaf, phone.private_key)  # type: ignore[arg-type]
+    forged = issue(fake_ca, "forged")
+    authenticator = ListenerCertificateAuthenticator([pki.root.cert])
+    result = authenticator.authenticate([forged.leaf, phone.leaf])
+    assert not result.ok
+
+
+def test_root_mode_needs_certificates() -> None:
+    with pytest.raises(ValueError, match="at least one root"):
+        ListenerCertificateAuthenticator([])
+    with pytest.raises(TypeError, match=r"x509\.Certificate"):
+        ListenerCertificateAuthenticator(["not a cert"])  # type: ignore[list-item]
+
+
+def test_certificate_authentication_needs_tls(pki: TestPKI) -> None:
+    authenticator = ListenerCertificateAuthenticator([pki.root.cert])
+    authenticator.validate(disable_tls=False)
+    with pytest.raises(ValueError, match="needs TLS"):
+        authenticator.validate(disable_tls=True)
+
+
+# -- callback mode -----------------------------------------------------------------------------
+
+
+def _callback(
+    accept: Callable[[list[x509.Certificate]], bool],
+) -> tuple[ListenerCertificateAuthenticator, list[list[x509.Certificate]]]:
+    calls: list[list[x509.Certificate]] = []
+
+    def callback(chain: list[x509.Certificate]) -> bool:
+        calls.append(chain)
+        return accept(chain)
+
+    return ListenerCertificateAuthenticator(callback), calls
+
+
+def test_callback_sees_any_certificate_and_decides(server_identity: TLSIdentity) -> None:
+    def is_alice(chain: list[x509.Certificate]) -> bool:
+        return chain[0].subject.rfc4514_string() == "CN=alice"
+
+    authenticator, calls = _callback(is_alice)
+    alice = TLSIdentity.create_identity(False, {"CN": "alice"}, key_type="ec")
+    client, server, _ = _run(server_identity, authenticator, alice)
+    assert server.error is None, server.error
+    assert client.line == b"OK alice\n"
+    assert calls == [[alice.leaf]]
+
+    mallory = TLSIdentity.create_identity(False, {"CN": "mallory"}, key_type="ec")
+    client, server, _ = _run(server_identity, authenticator, mallory)
+    assert server.error is None  # TLS let it through; the callback said no
+    assert client.line == b"DENIED client certificate rejected\n"
+
+
+def test_callback_gets_the_whole_chain_even_if_expired(
+    server_identity: TLSIdentity, pki: TestPKI
+) -> None:
+    authenticator, calls = _callback(lambda chain: True)
+    expired = issue(
+        pki.intermediate,
+        "old",
+        not_before=NOW - dt.timedelta(days=20),
+        not_after=NOW - dt.timedelta(days=1),
+    )
+    client, _, _ = _run(server_identity, authenticator, expired)
+    assert client.line == b"OK old\n"
+    assert calls == [[expired.leaf, pki.intermediate.cert]]
+
+
+@pytest.mark.parametrize("tls_version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
+def test_callback_mode_still_requires_a_certificate(
+    server_identity: TLSIdentity, tls_version: ssl.TLSVersion
+) -> None:
+    authenticator, calls = _callback(lambda chain: True)
+    context = server_ssl_context(server_identity, client_auth=authenticator)
+    port, thread, server = serve_once(context, lambda conn: b"OK")
+    client_context = client_ssl_context(pinned_certificate=server_identity.leaf)
+    client_context.maximum_version = tls_version
+    client = connect(client_context, port)
+    thread.join()
+    assert client.refused
+    assert isinstance(server.error, ssl.SSLError)
+    assert calls == []
+
+
+def test_callback_errors_refuse() -> None:
+    phone = TLSIdentity.create_identity(False, {"CN": "phone"}, key_type="ec")
+
+    def broken(chain: list[x509.Certificate]) -> bool:
+        raise RuntimeError("boom")
+
+    result = ListenerCertificateAuthenticator(broken).authenticate(phone.certs)
+    assert result == AuthResult(False, "phone", "authenticator error")
+
+    async def coroutine(chain: list[x509.Certificate]) -> bool:  # truthy if not awaited
+        return True
+
+    sloppy = ListenerCertificateAuthenticator(coroutine)  # type: ignore[arg-type]
+    with pytest.warns(RuntimeWarning, match="never awaited"):
+        result = sloppy.authenticate(phone.certs)
+        gc.collect()
+    assert not result.ok
+
+
+def test_callback_fallback_without_the_openssl_hook(
+    server_identity: TLSIdentity, pki: TestPKI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(context_module, "_accept_any_available", lambda: False)
+
+    def no_hook(context: ssl.SSLContext) -> None:
+        raise ClientAuthUnsupported("no hook in this Python")
+
+    monkeypatch.setattr(context_module, "accept_any_client_certificate", no_hook)
+    bare, _ = _callback(lambda chain: True)
+    with pytest.raises(ClientAuthUnsupported):
+        configure_client_auth(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), bare)
+
+    calls: list[list[x509.Certificate]] = []
+
+    def record(chain: list[x509.Certificate]) -> bool:
+        calls.append(chain)
+        return True
+
+    with_roots = ListenerCertificateAuthenticator(record, tls_roots=[pki.root.cert])
+    client, _, _ = _run(server_identity, with_roots, issue(pki.intermediate, "phone"))
+    assert client.line == b"OK phone\n"
+    client, server, _ = _run(server_identity, with_roots, issue(pki.other_root, "stranger"))
+    assert client.refused and isinstance(server.error, ssl.SSLCertVerificationError)
+    assert len(calls) == 1
+
+
+def test_hook_survives_later_verify_mode_changes(server_identity: TLSIdentity) -> None:
+    authenticator, _ = _callback(lambda chain: True)
+    context = server_ssl_context(server_identity, client_auth=authenticator)
+    context.verify_mode = ssl.CERT_REQUIRED  # CPython keeps the installed verify callback
+    port, thread, _ = serve_once(context, lambda conn: b"OK")
+    stranger = TLSIdentity.create_identity(False, {"CN": "any"}, key_type="ec")
+    client = connect(
+        client_ssl_context(pinned_certificate=server_identity.leaf, identity=stranger), port
+    )
+    thread.join()
+    assert client.line == b"OK\n"
