@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
 from fieldsync.store import Collection, Database, IncomingRevision, InvalidInput
@@ -193,3 +195,31 @@ def test_two_connections_in_one_process_see_each_other(tmp_path):
         writer.set_local("k", b"v")  # a commit that adds no sequence
         assert reader.poll_changes() is False
         assert len(calls) == 2
+
+
+def test_collection_created_in_a_rolled_back_transaction_is_forgotten(db: Database):
+    with pytest.raises(RuntimeError), db.transaction():
+        db.create_collection("temp").save_document("a", {})
+        raise RuntimeError("abandon")
+    assert db.get_collection("temp") is None
+    assert [c.full_name for c in db.collections()] == ["_default._default"]
+    again = db.create_collection("temp")
+    assert again.last_sequence == 0 and again.get_document("a") is None
+
+
+def test_threads_share_one_database(db: Database, coll: Collection):
+    calls = []
+    db.add_change_listener(lambda c, s: calls.append(s))
+
+    def writer(name: str) -> None:
+        for n in range(40):
+            coll.save_document(f"{name}-{n}", {"n": n})
+
+    threads = [threading.Thread(target=writer, args=(f"t{i}",)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    changes = coll.changes_since(0)
+    assert len(changes) == 160 and [c.sequence for c in changes] == list(range(1, 161))
+    assert sorted(calls) == list(range(1, 161))

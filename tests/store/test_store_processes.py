@@ -127,3 +127,30 @@ def test_acknowledged_revisions_survive_sigkill_and_batches_are_atomic(tmp_path)
                 expected_gen = 2 if b < last else 1
                 assert generations == {expected_gen}, f"batch {b}: generations {generations}"
             assert coll.count() == (last + 1) * per_batch
+
+
+CONCURRENT_WRITER = """
+    import sys
+    from fieldsync.store import Database
+    name = sys.argv[2]
+    with Database.open(sys.argv[1]) as db:
+        coll = db.default_collection
+        for batch in range(10):
+            with db.transaction():
+                for n in range(10):
+                    coll.save_document(f"{name}-{batch}-{n}", {"by": name})
+    print("done")
+"""
+
+
+def test_two_processes_write_concurrently(tmp_path):
+    path = tmp_path / "shared"
+    Database.open(path).close()
+    writers = [run_python(CONCURRENT_WRITER, str(path), name) for name in ("p1", "p2")]
+    for writer in writers:
+        out, err = writer.communicate(timeout=60)
+        assert writer.returncode == 0 and out.strip() == "done", err
+    with Database.open(path) as db:
+        changes = db.default_collection.changes_since(0)
+        assert [c.sequence for c in changes] == list(range(1, 201))
+        assert {c.doc_id.split("-")[0] for c in changes} == {"p1", "p2"}

@@ -46,9 +46,13 @@ class Collection:
 
     @property
     def last_sequence(self) -> int:
-        rows = self.database._query(
-            "SELECT last_sequence FROM collections WHERE id = ?", (self.id,)
-        )
+        """The sequence of the latest change (including, inside a transaction, its own)."""
+        db = self.database
+        with db._lock:
+            pending = db._uncommitted_sequence(self.id)
+            if pending is not None:
+                return pending
+            rows = db._query("SELECT last_sequence FROM collections WHERE id = ?", (self.id,))
         return rows[0][0] if rows else 0
 
     def count(self, *, include_deleted: bool = False) -> int:
@@ -314,13 +318,7 @@ class Collection:
             return self._load_tree(conn, row[0]) if row else None
 
     def _next_sequence(self, conn: sqlite3.Connection) -> int:
-        sequence = conn.execute(
-            "UPDATE collections SET last_sequence = last_sequence + 1 WHERE id = ? "
-            "RETURNING last_sequence",
-            (self.id,),
-        ).fetchone()[0]
-        self.database._sequence_advanced(self.id, sequence)
-        return sequence
+        return self.database._next_sequence(conn, self.id)
 
     def _save_tree(
         self,

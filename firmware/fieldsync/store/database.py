@@ -169,11 +169,18 @@ class Database:
                 self._pending = {}
                 try:
                     yield conn
+                    if self._pending:
+                        conn.executemany(
+                            "UPDATE collections SET last_sequence = ? WHERE id = ?",
+                            [(seq, cid) for cid, seq in self._pending.items()],
+                        )
                     conn.execute("COMMIT")
                 except BaseException:
                     if conn.in_transaction:
                         conn.execute("ROLLBACK")
                     self._pending = {}
+                    with contextlib.suppress(sqlite3.Error):
+                        self._forget_missing_collections()
                     raise
                 finally:
                     self._depth = 0
@@ -190,6 +197,8 @@ class Database:
                     conn.execute(f"ROLLBACK TO {savepoint}")
                     conn.execute(f"RELEASE {savepoint}")
                     self._pending = saved_pending
+                    with contextlib.suppress(sqlite3.Error):
+                        self._forget_missing_collections()
                     raise
                 else:
                     conn.execute(f"RELEASE {savepoint}")
@@ -198,9 +207,22 @@ class Database:
         if committed:
             self._notify(committed)
 
-    def _sequence_advanced(self, collection_id: int, sequence: int) -> None:
-        """Record, inside a write transaction, that a collection reached ``sequence``."""
-        self._pending[collection_id] = sequence
+    def _next_sequence(self, conn: sqlite3.Connection, collection_id: int) -> int:
+        """Allocate the next sequence of a collection inside a write transaction.
+
+        Sequences are counted in memory and the collection row is updated once, at commit.
+        """
+        current = self._pending.get(collection_id)
+        if current is None:
+            current = conn.execute(
+                "SELECT last_sequence FROM collections WHERE id = ?", (collection_id,)
+            ).fetchone()[0]
+        self._pending[collection_id] = current + 1
+        return current + 1
+
+    def _uncommitted_sequence(self, collection_id: int) -> int | None:
+        """The last sequence allocated in the open transaction, if any (caller holds the lock)."""
+        return self._pending.get(collection_id) if self._depth else None
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Database]:
@@ -232,6 +254,14 @@ class Database:
                     self._known_sequences[cid] = last_sequence if initial else 0
                 result.append((collection, last_sequence))
         return result
+
+    def _forget_missing_collections(self) -> None:
+        """Drop cached collections whose creation was rolled back."""
+        existing = {row[0] for row in self._connection().execute("SELECT id FROM collections")}
+        for cid in [cid for cid in self._by_id if cid not in existing]:
+            collection = self._by_id.pop(cid)
+            self._collections.pop((collection.scope, collection.name), None)
+            self._known_sequences.pop(cid, None)
 
     @property
     def default_collection(self) -> Collection:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import string
 
 from fieldsync.store.errors import InvalidInput
@@ -13,6 +14,7 @@ MAX_COLLECTION_NAME = 251
 DEFAULT_SCOPE = "_default"
 DEFAULT_COLLECTION = "_default"
 
+_CONTROL_CHARS = re.compile("[\x00-\x1f\x7f]")
 _NAME_CHARS = frozenset(string.ascii_letters + string.digits + "_-%")
 
 
@@ -31,7 +33,7 @@ def check_doc_id(doc_id: object) -> str:
         raise InvalidInput(f"document ID longer than {MAX_DOC_ID_BYTES} bytes: {doc_id[:40]!r}…")
     if doc_id[0] == "_":
         raise InvalidInput(f"document ID may not start with '_': {doc_id!r}")
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in doc_id):
+    if _CONTROL_CHARS.search(doc_id):
         raise InvalidInput(f"document ID contains control characters: {doc_id!r}")
     return doc_id
 

@@ -12,7 +12,9 @@ store creates use a SHA-1 digest, 40 hex digits.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import re
 from typing import NamedTuple
 
 #: Largest generation LiteCore accepts (it stores it as a 32-bit unsigned number).
@@ -20,7 +22,8 @@ MAX_GENERATION = 2**32 - 1
 #: Size of LiteCore's binary revID buffer: varint generation followed by the digest bytes.
 _BINARY_REVID_BYTES = 42
 
-_HEX = frozenset("0123456789abcdef")
+#: Generation without leading zeros, a dash, then an even number of lowercase hex digits.
+_TREE_REVID = re.compile(r"([1-9][0-9]{0,9})-((?:[0-9a-f]{2})+)", re.ASCII)
 
 
 class BadRevisionID(ValueError):
@@ -36,20 +39,19 @@ def parse(rev_id: str) -> ParsedRevID:
     """Split a revID into generation and hex digest; ``BadRevisionID`` if malformed."""
     if not isinstance(rev_id, str):
         raise BadRevisionID(f"revID must be a string, got {type(rev_id).__name__}")
-    gen_text, dash, digest = rev_id.partition("-")
-    if not dash or not gen_text.isascii() or not gen_text.isdigit() or gen_text[0] == "0":
-        raise BadRevisionID(f"malformed revID {rev_id!r}")
-    generation = int(gen_text)
-    if not 1 <= generation <= MAX_GENERATION:
-        raise BadRevisionID(f"revID generation out of range in {rev_id!r}")
+    return _parse(rev_id)
+
+
+@functools.lru_cache(maxsize=16384)
+def _parse(rev_id: str) -> ParsedRevID:
+    match = _TREE_REVID.fullmatch(rev_id)
+    if match is None:
+        raise BadRevisionID(f"malformed revID {rev_id!r} (expected <generation>-<lowercase hex>)")
+    generation = int(match[1])
+    digest = match[2]
     varint_bytes = 1 + (generation.bit_length() - 1) // 7
-    if (
-        not digest
-        or len(digest) % 2
-        or len(digest) // 2 > _BINARY_REVID_BYTES - varint_bytes
-        or not _HEX.issuperset(digest)
-    ):
-        raise BadRevisionID(f"revID digest must be lowercase hex of even length in {rev_id!r}")
+    if generation > MAX_GENERATION or len(digest) // 2 > _BINARY_REVID_BYTES - varint_bytes:
+        raise BadRevisionID(f"revID generation or digest too large in {rev_id!r}")
     return ParsedRevID(generation, digest)
 
 
