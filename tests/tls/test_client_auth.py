@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import gc
 import ssl
@@ -135,10 +136,12 @@ def test_self_signed_client_certificate_listed_as_root_is_accepted(
 def test_authenticate_checks_chain_time_and_usage(pki: TestPKI) -> None:
     authenticator = ListenerCertificateAuthenticator([pki.root.cert])
     phone = issue(pki.intermediate, "phone")
-    assert authenticator.authenticate(phone.certs) == AuthResult(True, "phone", "")
-
     missing_intermediate = authenticator.authenticate([phone.leaf])
     assert not missing_intermediate.ok and "not trusted" in missing_intermediate.reason
+
+    assert authenticator.authenticate(phone.certs) == AuthResult(True, "phone", "")
+    # once seen in a verified chain, the intermediate is remembered (resumed TLS sessions)
+    assert authenticator.authenticate([phone.leaf]).ok
 
     later = authenticator.authenticate(phone.certs, now=NOW + dt.timedelta(days=60))
     assert not later.ok and "not valid at validation time" in later.reason
@@ -300,3 +303,85 @@ def test_hook_survives_later_verify_mode_changes(server_identity: TLSIdentity) -
     )
     thread.join()
     assert client.line == b"OK\n"
+
+
+# -- session resumption ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["roots", "callback"])
+@pytest.mark.parametrize("tls_version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
+def test_reconnecting_client_is_authenticated_with_its_chain(
+    server_identity: TLSIdentity, pki: TestPKI, mode: str, tls_version: ssl.TLSVersion
+) -> None:
+    """A resumed TLS session shows only the client's leaf: root mode must still verify it
+    (through the intermediates it has seen), callback mode turns resumption off so the callback
+    always gets the whole chain."""
+    calls: list[list[x509.Certificate]] = []
+
+    def record(chain: list[x509.Certificate]) -> bool:
+        calls.append(chain)
+        return True
+
+    if mode == "roots":
+        authenticator = ListenerCertificateAuthenticator([pki.root.cert])
+    else:
+        authenticator = ListenerCertificateAuthenticator(record)
+    phone = issue(pki.intermediate, "phone")
+    chains: list[list[x509.Certificate]] = []
+
+    def on_connection(conn: ssl.SSLSocket) -> bytes:
+        chain = peer_certificate_chain(conn)
+        chains.append(chain)
+        result = authenticator.authenticate(chain)
+        return b"OK" if result.ok else result.reason.encode()
+
+    context = server_ssl_context(server_identity, client_auth=authenticator)
+    port, thread, server = serve_once(context, on_connection, connections=2)
+    client_context = client_ssl_context(pinned_certificate=server_identity.leaf, identity=phone)
+    client_context.maximum_version = tls_version
+    first = connect(client_context, port)
+    second = connect(client_context, port, session=first.session)
+    thread.join()
+    assert server.error is None, server.error
+    assert (first.line, second.line) == (b"OK\n", b"OK\n")
+    if mode == "roots":
+        assert second.session_reused  # resumption stays on; the leaf alone is enough
+        assert chains[1] == [phone.leaf]
+    else:
+        assert not second.session_reused
+        assert calls == [[phone.leaf, pki.intermediate.cert]] * 2
+
+
+async def test_asyncio_listener_path_gets_the_client_chain(
+    server_identity: TLSIdentity, pki: TestPKI
+) -> None:
+    """asyncio TLS server (as the listener runs it): the chain comes from the transport's
+    ``ssl_object`` (an ``ssl.SSLObject``, not a socket)."""
+    authenticator = ListenerCertificateAuthenticator([pki.root.cert])
+    results: list[AuthResult] = []
+    chains: list[list[x509.Certificate]] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        ssl_object = writer.get_extra_info("ssl_object")
+        assert isinstance(ssl_object, ssl.SSLObject)
+        chain = peer_certificate_chain(ssl_object)
+        chains.append(chain)
+        results.append(authenticator.authenticate(chain))
+        writer.write(b"OK\n" if results[-1].ok else b"DENIED\n")
+        await writer.drain()
+        writer.close()
+        await writer.wait_closed()
+
+    context = server_ssl_context(server_identity, client_auth=authenticator)
+    server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=context)
+    port = server.sockets[0].getsockname()[1]
+    phone = issue(pki.intermediate, "phone")
+    async with server:
+        client_context = client_ssl_context(pinned_certificate=server_identity.leaf, identity=phone)
+        client_context.maximum_version = ssl.TLSVersion.TLSv1_2
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=client_context)
+        assert await reader.readline() == b"OK\n"
+        writer.close()
+        await writer.wait_closed()
+    assert chains == [[phone.leaf, pki.intermediate.cert]]
+    assert results == [AuthResult(True, "phone", "")]

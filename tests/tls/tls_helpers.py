@@ -120,9 +120,13 @@ class ServerOutcome:
 
 
 def serve_once(
-    context: ssl.SSLContext, on_connection: Callable[[ssl.SSLSocket], bytes]
+    context: ssl.SSLContext,
+    on_connection: Callable[[ssl.SSLSocket], bytes],
+    *,
+    connections: int = 1,
 ) -> tuple[int, threading.Thread, ServerOutcome]:
-    """Accept one TLS connection on 127.0.0.1; send what ``on_connection`` returns; close."""
+    """Accept ``connections`` TLS connections on 127.0.0.1, one after the other; send each
+    what ``on_connection`` returns, then close it. The last error (if any) is recorded."""
     listener = socket.create_server(("127.0.0.1", 0))
     listener.settimeout(20)
     port = listener.getsockname()[1]
@@ -130,13 +134,17 @@ def serve_once(
 
     def run() -> None:
         try:
-            raw, _ = listener.accept()
-            raw.settimeout(20)
-            with context.wrap_socket(raw, server_side=True) as conn:
-                reply = on_connection(conn)
-                outcome.value = reply
-                conn.sendall(reply + b"\n")
-        except BaseException as exc:  # recorded for the test to inspect
+            for _ in range(connections):
+                raw, _ = listener.accept()
+                raw.settimeout(20)
+                try:
+                    with context.wrap_socket(raw, server_side=True) as conn:
+                        reply = on_connection(conn)
+                        outcome.value = reply
+                        conn.sendall(reply + b"\n")
+                except (ssl.SSLError, OSError) as exc:  # recorded for the test to inspect
+                    outcome.error = exc
+        except BaseException as exc:
             outcome.error = exc
         finally:
             listener.close()
@@ -155,18 +163,23 @@ class ClientOutcome:
     server_leaf: bytes | None = None
     version: str | None = None
     cipher: str | None = None
+    session: ssl.SSLSession | None = None
+    session_reused: bool = False
 
     @property
     def refused(self) -> bool:
         return self.error is not None or not self.line
 
 
-def connect(context: ssl.SSLContext, port: int) -> ClientOutcome:
-    """Connect to 127.0.0.1:port, handshake and read one line."""
+def connect(
+    context: ssl.SSLContext, port: int, *, session: ssl.SSLSession | None = None
+) -> ClientOutcome:
+    """Connect to 127.0.0.1:port (offering ``session`` for resumption), handshake and read one
+    line."""
     outcome = ClientOutcome()
     raw = socket.create_connection(("127.0.0.1", port), timeout=20)
     try:
-        conn = context.wrap_socket(raw)
+        conn = context.wrap_socket(raw, session=session)
     except (ssl.SSLError, OSError) as exc:
         raw.close()
         outcome.error = exc
@@ -186,4 +199,6 @@ def connect(context: ssl.SSLContext, port: int) -> ClientOutcome:
             outcome.error = exc
             return outcome
         outcome.line = data
+        outcome.session = conn.session
+        outcome.session_reused = conn.session_reused
     return outcome

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from cryptography.x509.verification import (
     Criticality,
@@ -62,6 +62,7 @@ _SCRYPT_P = 1
 _SALT_BYTES = 16
 _HASH_BYTES = 32
 _MAX_SCRYPT_N = 1 << 20
+_MAX_REMEMBERED_INTERMEDIATES = 64
 
 
 @dataclass(frozen=True)
@@ -272,6 +273,9 @@ class ListenerCertificateAuthenticator:
             self._roots = roots
             self._store = Store(list(roots))
             self._root_ders = {c.public_bytes(serialization.Encoding.DER) for c in roots}
+        # Intermediate CAs seen in verified chains: a resumed TLS session shows only the
+        # client's leaf, and these let its chain be rebuilt (they are not trusted by themselves).
+        self._intermediates: dict[bytes, x509.Certificate] = {}
 
     @property
     def root_certs(self) -> list[x509.Certificate]:
@@ -330,12 +334,17 @@ class ListenerCertificateAuthenticator:
             .extension_policies(ca_policy=_CA_POLICY, ee_policy=_CLIENT_POLICY)
             .build_client_verifier()
         )
+        presented = list(chain[1:])
+        candidates = presented + [c for c in self._intermediates.values() if c not in presented]
         try:
-            verifier.verify(leaf, list(chain[1:]))
+            verified = verifier.verify(leaf, candidates)
         except VerificationError as exc:
             return AuthResult.denied(f"client certificate not trusted: {exc}", username)
         except Exception as exc:  # a malformed certificate the verifier chokes on
             return AuthResult.denied(f"client certificate unusable: {exc}", username)
+        for ca in verified.chain[1:-1]:
+            if len(self._intermediates) < _MAX_REMEMBERED_INTERMEDIATES:
+                self._intermediates.setdefault(ca.fingerprint(hashes.SHA256()), ca)
         return AuthResult.allowed(username)
 
 

@@ -116,9 +116,15 @@ def configure_client_auth(
 def accept_any_client_certificate(ssl_context: ssl.SSLContext) -> None:
     """Require a client certificate but let OpenSSL accept any chain (the caller decides).
 
+    Session resumption is turned off too: a resumed session carries the client's leaf
+    certificate only, and the caller must see the whole chain every time.
     Raises :class:`ClientAuthUnsupported` when the OpenSSL hook cannot be installed safely.
     """
-    _AcceptAnyHook.get().install(ssl_context)
+    hook = _AcceptAnyHook.get()
+    hook.install(ssl_context)
+    ssl_context.options |= ssl.OP_NO_TICKET
+    ssl_context.num_tickets = 0
+    hook.disable_session_cache(ssl_context)
 
 
 def peer_certificate_chain(ssl_object: ssl.SSLObject | ssl.SSLSocket) -> list[x509.Certificate]:
@@ -234,6 +240,9 @@ def _accept_any_available() -> bool:
 _VERIFY_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_void_p)
 _SSL_VERIFY_PEER = 0x01
 _SSL_VERIFY_FAIL_IF_NO_PEER_CERT = 0x02
+_SSL_CTRL_SET_SESS_CACHE_MODE = 44
+_SSL_CTRL_GET_SESS_CACHE_MODE = 45
+_SSL_SESS_CACHE_OFF = 0
 
 
 @_VERIFY_CALLBACK
@@ -278,23 +287,39 @@ class _AcceptAnyHook:
         self._get_options = library.SSL_CTX_get_options
         self._get_options.argtypes = [ctypes.c_void_p]
         self._get_options.restype = ctypes.c_uint64
+        self._ctrl = library.SSL_CTX_ctrl
+        self._ctrl.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_void_p]
+        self._ctrl.restype = ctypes.c_long
         self._callback_address = ctypes.cast(_accept_any_verify_callback, ctypes.c_void_p).value
 
     def install(self, context: ssl.SSLContext) -> None:
-        if not isinstance(context, ssl.SSLContext):
-            raise ClientAuthUnsupported("not an ssl.SSLContext")
-        # PySSLContext starts with PyObject_HEAD followed by the SSL_CTX pointer.
-        pointer = ctypes.c_void_p.from_address(id(context) + object.__basicsize__).value
-        if not pointer:
-            raise ClientAuthUnsupported("cannot locate the OpenSSL context")
+        pointer = self._pointer(context)
         context.verify_mode = ssl.CERT_OPTIONAL
         optional_ok = self._get_mode(pointer) == _SSL_VERIFY_PEER
         context.verify_mode = ssl.CERT_REQUIRED
         required = _SSL_VERIFY_PEER | _SSL_VERIFY_FAIL_IF_NO_PEER_CERT
         if not optional_ok or self._get_mode(pointer) != required:
             raise ClientAuthUnsupported("OpenSSL context self-check failed (verify mode)")
-        if self._get_options(pointer) != int(context.options):
-            raise ClientAuthUnsupported("OpenSSL context self-check failed (options)")
         self._set_verify(pointer, required, _accept_any_verify_callback)
         if self._get_callback(pointer) != self._callback_address:
             raise ClientAuthUnsupported("OpenSSL context self-check failed (callback)")
+
+    def disable_session_cache(self, context: ssl.SSLContext) -> None:
+        pointer = self._pointer(context)
+        before = self._ctrl(pointer, _SSL_CTRL_GET_SESS_CACHE_MODE, 0, None)
+        previous = self._ctrl(pointer, _SSL_CTRL_SET_SESS_CACHE_MODE, _SSL_SESS_CACHE_OFF, None)
+        after = self._ctrl(pointer, _SSL_CTRL_GET_SESS_CACHE_MODE, 0, None)
+        if previous != before or after != _SSL_SESS_CACHE_OFF:
+            raise ClientAuthUnsupported("cannot turn off the OpenSSL session cache")
+
+    def _pointer(self, context: ssl.SSLContext) -> int:
+        """The ``SSL_CTX *`` of ``context``, checked against OpenSSL's view of its options."""
+        if not isinstance(context, ssl.SSLContext):
+            raise ClientAuthUnsupported("not an ssl.SSLContext")
+        # PySSLContext starts with PyObject_HEAD followed by the SSL_CTX pointer.
+        pointer = ctypes.c_void_p.from_address(id(context) + object.__basicsize__).value
+        if not pointer:
+            raise ClientAuthUnsupported("cannot locate the OpenSSL context")
+        if self._get_options(pointer) != int(context.options):
+            raise ClientAuthUnsupported("OpenSSL context self-check failed (options)")
+        return pointer
