@@ -210,6 +210,40 @@ class Collection:
         check_doc_id(doc_id)
         return self._put_local(doc_id, EMPTY_BODY, deleted=True, expected_rev=expected_rev)
 
+    def resolve_conflict(
+        self, doc_id: str, *, winning_rev: str, losing_rev: str, body: dict | None = None
+    ) -> Document:
+        """Resolve a conflict as Couchbase Lite does: close the losing branch with a tombstone
+        and, with ``body``, save a merged revision on top of ``winning_rev`` (otherwise the
+        winning leaf stays as it is). One durable transaction."""
+        check_doc_id(doc_id)
+        with self.database._write() as conn:
+            row = self._doc_row(doc_id, conn)
+            if row is None:
+                raise NotFoundError(f"no document {doc_id!r} in {self.full_name}")
+            tree = self._load_tree(conn, row.id)
+            leaves = {node.rev_id for node in tree.leaves()}
+            for rev_id in (winning_rev, losing_rev):
+                if rev_id not in leaves:
+                    raise ConflictError(
+                        f"{rev_id} is not a leaf revision of {doc_id!r}", row.rev_id
+                    )
+            if winning_rev == losing_rev:
+                raise InvalidInput("winning_rev and losing_rev must differ")
+            tombstone = revid.make(losing_rev, True, EMPTY_BODY)
+            sequence = self._next_sequence(conn)
+            tree.add(tombstone, losing_rev, True, sequence, EMPTY_BODY)
+            new_rev, data = winning_rev, None
+            if body is not None:
+                data = encode_body(body)
+                new_rev = revid.make(winning_rev, False, data)
+                sequence = self._next_sequence(conn)
+                tree.add(new_rev, winning_rev, False, sequence, data)
+            self._save_tree(conn, doc_id, row, tree, new_rev, sequence)
+        document = self.get_document(doc_id)
+        assert document is not None
+        return document
+
     def purge_document(self, doc_id: str) -> bool:
         """Erase a document and all its revisions, leaving no tombstone. ``True`` if it
         existed."""
