@@ -242,3 +242,17 @@ async def test_second_database_behind_one_port(url_of, tmp_path, device_db, phon
             assert {u.rsplit("/", 1)[1] for u in server.urls} == {"device", "other"}
     finally:
         other.close()
+
+
+async def test_closing_the_database_stops_its_listener(url_of, tmp_path, phone_db) -> None:
+    device = Database.open(tmp_path / "closing")
+    config = URLEndpointListenerConfiguration(database=device, port=0, disable_tls=True)
+    server = URLEndpointListener(config)
+    await server.start()
+    repl = replicator(phone_db, url_of(server, "closing"), PULL, continuous=True)
+    task = asyncio.create_task(repl.run())
+    await wait_for(lambda: server.status.connection_count == 1)
+    device.close()
+    with pytest.raises(Exception, match="1001"):
+        await asyncio.wait_for(task, 10)
+    await wait_for(lambda: server.port is None)

@@ -7,6 +7,7 @@ authentication) and TLS, and hands each accepted WebSocket to a ``PassiveReplica
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
 import time
@@ -98,6 +99,7 @@ class URLEndpointListener:
         self._notifiers: dict[str, ChangeNotifier] = {}
         self._connections: dict[ServerConnection, ConnectionInfo] = {}
         self._pending: dict[int, tuple[str, str, str | None]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- public API ---------------------------------------------------------------------------
 
@@ -158,9 +160,10 @@ class URLEndpointListener:
             sock.close()
             raise
         self._port = sock.getsockname()[1]
+        self._loop = asyncio.get_running_loop()
         for name, database in self._databases.items():
             self._notifiers[name] = ChangeNotifier(database)
-        _register(self)
+            database.close_callbacks.append(self._database_closing)
         log.info("listening on %s", ", ".join(self.urls) or f"port {self._port}")
 
     async def stop(self) -> None:
@@ -168,12 +171,32 @@ class URLEndpointListener:
         server, self._server = self._server, None
         if server is None:
             return
-        _unregister(self)
+        for database in self._databases.values():
+            with contextlib.suppress(ValueError):
+                database.close_callbacks.remove(self._database_closing)
         server.close(close_connections=True)
         await server.wait_closed()
         self._port = None
         self._notifiers.clear()
         log.info("listener stopped")
+
+    def _database_closing(self, _database: Any) -> None:
+        """A served database is closing: drop every connection (1001) and stop listening."""
+        loop = self._loop
+
+        def begin() -> None:
+            if self._server is not None:
+                self._server.close(close_connections=True)
+                loop.create_task(self.stop())
+
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            begin()
+        else:
+            loop.call_soon_threadsafe(begin)
 
     def start_blocking(self) -> None:
         """Run the listener until interrupted (a blocking convenience for scripts)."""
@@ -321,25 +344,3 @@ def _http_error(status: int, message: str, headers: tuple[tuple[str, str], ...] 
         ]
     )
     return Response(status, HTTPStatus(status).phrase, response_headers, body)
-
-
-# -- closing a database stops its listeners ----------------------------------------------------
-
-_running: set[URLEndpointListener] = set()
-
-
-def _register(listener: URLEndpointListener) -> None:
-    _running.add(listener)
-
-
-def _unregister(listener: URLEndpointListener) -> None:
-    _running.discard(listener)
-
-
-def listeners_serving(database: Any) -> list[URLEndpointListener]:
-    """The running listeners that serve ``database``."""
-    return [
-        listener
-        for listener in _running
-        if any(db is database for db in listener._databases.values())
-    ]

@@ -27,7 +27,7 @@ from fieldsync.replication.messages import (
     with_collection,
 )
 from fieldsync.replication.stats import ReplicationStats
-from fieldsync.store import IncomingRevision, StoreError, find_blobs
+from fieldsync.store import IncomingRevision, InvalidInput, StoreError, find_blobs
 from fieldsync.store.revid import is_valid as is_valid_rev_id
 
 log = logging.getLogger(__name__)
@@ -84,11 +84,15 @@ class Puller:
         if not changes:
             self._caught_up(request, None)
             return
-        answers = decisions.answer_proposed_changes(
-            collection,
-            changes,
-            conflict_includes_rev=is_true(request.properties.get("conflictIncludesRev")),
-        )
+        try:
+            answers = decisions.answer_proposed_changes(
+                collection,
+                changes,
+                conflict_includes_rev=is_true(request.properties.get("conflictIncludesRev")),
+            )
+        except InvalidInput as exc:
+            request.respond_error("BLIP", 400, str(exc))
+            return
         self._stats.pushing = True
         request.respond(self._reply_properties(), encode_json(answers), compressed=True)
 
@@ -107,7 +111,11 @@ class Puller:
         if request.no_reply:
             log.warning("ignoring a pointless NoReply 'changes' list from %s", self._session.name)
             return []
-        answers, wanted = decisions.answer_changes(collection, changes)
+        try:
+            answers, wanted = decisions.answer_changes(collection, changes)
+        except InvalidInput as exc:
+            request.respond_error("BLIP", 400, str(exc))
+            return []
         wanted_changes = [changes[i] for i in wanted]
         if self._on_sequence_done is not None:
             for position, change in enumerate(changes):

@@ -66,6 +66,8 @@ class Database:
         self._collections: dict[tuple[str, str], Collection] = {}
         self._by_id: dict[int, Collection] = {}
         self._known_sequences: dict[int, int] = {}
+        #: Called with this database just before it closes (listeners serving it stop).
+        self.close_callbacks: list[Callable[[Database], None]] = []
         self._data_version = conn.execute("PRAGMA data_version").fetchone()[0]
         self._refresh_collections(initial=True)
 
@@ -113,6 +115,12 @@ class Database:
 
     def close(self) -> None:
         """Close the connection. Further calls raise ``StoreError``."""
+        if self._conn is not None:
+            for callback in list(self.close_callbacks):
+                try:
+                    callback(self)
+                except Exception:
+                    log.exception("close callback of %s failed", self.name)
         with self._lock:
             if self._conn is not None:
                 if self._depth:
