@@ -17,10 +17,15 @@ no verify callback in the Python API. So:
   an accept-any OpenSSL verify callback on the context through ``ctypes``
   (``SSL_CTX_set_verify`` from the libssl that ``_ssl`` is linked against). The handshake still
   proves the client holds the leaf's private key (CertificateVerify is checked regardless). The
-  hook checks itself before trusting the context pointer it finds (verify-mode and options
-  round-trips); where it cannot be installed it raises :class:`ClientAuthUnsupported`, unless
-  the authenticator carries ``tls_roots``, in which case TLS verifies against those and the
-  callback decides afterwards.
+  hook checks itself before trusting the context pointer it finds (verify-mode, options and
+  session-cache round-trips); where it cannot be installed it raises
+  :class:`ClientAuthUnsupported`, unless the authenticator carries ``tls_roots``, in which case
+  TLS verifies against those and the callback decides afterwards. Session resumption is turned
+  off in this mode (tickets and the server session cache), because a resumed session shows only
+  the client's leaf certificate and the callback must always see the whole chain.
+
+In root-certificate mode resumption stays on: the authenticator remembers the intermediate CAs
+of chains it has verified and rebuilds a resumed session's chain from the leaf.
 
 After the handshake, :func:`peer_certificate_chain` gives the client's chain, leaf first (via
 ``get_unverified_chain``: public on Python 3.13+, private ``_sslobj`` method on 3.10-3.12; with
