@@ -55,6 +55,9 @@ DEFAULT_ALIAS = "fieldsync"
 DEFAULT_SSH_USER = "admin"
 HOSTNAME_PREFIX = "fieldsync-"
 MIN_GROW_BYTES = 16 << 20
+#: Validity of the device's self-signed certificate: a field device is not re-keyed yearly, and
+#: phones that pinned the certificate would lose it when it expired.
+IDENTITY_DAYS = 3650
 
 _HOSTNAME = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 _USERNAME = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
@@ -636,6 +639,12 @@ def create_identity(keystore: Path, alias: str, hostname: str) -> str:
         alias,
         "--cn",
         hostname,
+        "--dns",
+        hostname,
+        "--dns",
+        f"{hostname}.local",
+        "--days",
+        str(IDENTITY_DAYS),
     )
     uid, _ = agent_ids()
     for path in keystore.iterdir():

@@ -1,0 +1,302 @@
+# shellcheck shell=bash
+# Functions of image/build (sourced). Needs $here, $repo, $work, $cache_dir, $out_dir set.
+
+# Partition labels and sizes (MiB). Layout on the card (MBR):
+#   p1  FS-BOOT  FAT32  boot firmware, kernel, initrd, config.txt, cmdline.txt, operator settings
+#   p2  FS-KEYS  ext4   the secured keystore, mounted nosuid,nodev,noexec at /var/lib/fieldsync/keys
+#   p3  FS-ROOT  ext4   the root file system; last, so first boot can grow it to the card
+BOOT_LABEL=FS-BOOT
+KEYS_LABEL=FS-KEYS
+ROOT_LABEL=FS-ROOT
+BOOT_START_MIB=4
+BOOT_MIB=256
+KEYS_MIB=16
+SUITE=bookworm
+KEYSTORE_DIR=/var/lib/fieldsync/keys
+# wheel platform tags for Debian bookworm arm64 (glibc 2.36, CPython 3.11)
+WHEEL_PLATFORMS=(manylinux2014_aarch64 manylinux_2_17_aarch64 manylinux_2_24_aarch64
+	manylinux_2_27_aarch64 manylinux_2_28_aarch64 manylinux_2_31_aarch64 manylinux_2_34_aarch64
+	manylinux_2_35_aarch64 manylinux_2_36_aarch64)
+
+log() { printf '[image/build %s] %s\n' "$(date +%T)" "$*" >&2; }
+die() { printf 'image/build: error: %s\n' "$*" >&2; exit 1; }
+
+# Install the host tools this script needs, when missing (Debian).
+ensure_tools() {
+	local need=() cmd pkg
+	while read -r cmd pkg; do
+		command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
+	done <<-'LIST'
+	sfdisk fdisk
+	mkfs.vfat dosfstools
+	mcopy mtools
+	mmdebstrap mmdebstrap
+	qemu-aarch64-static qemu-user-static
+	update-binfmts binfmt-support
+	mkfs.ext4 e2fsprogs
+	debugfs e2fsprogs
+	zstd zstd
+	arch-test arch-test
+	qemu-img qemu-utils
+	LIST
+	python3 -c 'import tomllib' 2>/dev/null || need+=(python3)
+	python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
+	if [ ${#need[@]} -gt 0 ]; then
+		command -v apt-get >/dev/null || die "missing tools (${need[*]}) and no apt-get"
+		log "installing host tools: ${need[*]}"
+		apt-get update -qq
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+	fi
+}
+
+# Make the kernel run arm64 ELF binaries through qemu-user (for the chroot steps).
+ensure_binfmt() {
+	if [ ! -e /proc/sys/fs/binfmt_misc/status ]; then
+		mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc
+	fi
+	[ -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ] || update-binfmts --enable qemu-aarch64
+	[ -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ] || die "could not register qemu-aarch64 with binfmt_misc"
+}
+
+project_version() {
+	python3 - "$repo/pyproject.toml" <<-'PY'
+	import sys, tomllib
+	with open(sys.argv[1], "rb") as f:
+	    print(tomllib.load(f)["project"]["version"])
+	PY
+}
+
+# The package list as one comma-separated string.
+package_list() { grep -v '^[[:space:]]*\(#\|$\)' "$here/packages.list" | sort -u | paste -sd, -; }
+
+mmdebstrap_options() {
+	local mirror=${FIELDSYNC_DEBIAN_MIRROR:-http://deb.debian.org/debian}
+	local security=${FIELDSYNC_DEBIAN_SECURITY:-http://deb.debian.org/debian-security}
+	printf '%s\n' --arch=arm64 --variant=minbase --mode=root --format=tar \
+		"--include=$(package_list)" \
+		--aptopt='Acquire::Retries "3"' \
+		--dpkgopt='path-exclude=/usr/share/man/*' \
+		--dpkgopt='path-exclude=/usr/share/info/*' \
+		--dpkgopt='path-exclude=/usr/share/locale/*' \
+		--dpkgopt='path-include=/usr/share/locale/locale.alias' \
+		--dpkgopt='path-exclude=/usr/share/doc/*' \
+		--dpkgopt='path-include=/usr/share/doc/*/copyright' \
+		"--setup-hook=\"$here/rootfs/setup-hook\" \"\$1\"" \
+		"--customize-hook=\"$here/rootfs/customize-hook\" \"\$1\"" \
+		"$SUITE" - \
+		"deb $mirror $SUITE main non-free-firmware" \
+		"deb $mirror $SUITE-updates main non-free-firmware" \
+		"deb $security $SUITE-security main non-free-firmware"
+}
+
+# Print the path of the cached base root file system tarball, building it when needed.
+# Key: the mmdebstrap options (which contain the package list) and the hook files.
+base_rootfs() {
+	local key tar opts=()
+	mapfile -t opts < <(mmdebstrap_options)
+	key=$( { printf '%s\n' "${opts[@]}" | sed "s|$here|IMAGE|g"; cat "$here"/rootfs/*; } \
+		| sha256sum | cut -c1-16)
+	tar=$cache_dir/rootfs-$key.tar
+	if [ -s "$tar" ] && [ "$refresh" = 0 ]; then
+		log "base root file system: cached ($tar)"
+		echo "$tar"; return
+	fi
+	log "base root file system: building with mmdebstrap (key $key; several minutes)"
+	local t=$(date +%s)
+	# the tarball goes to stdout ("-" as target): written to a temporary name, then renamed
+	nice -n 10 mmdebstrap "${opts[@]}" >"$tar.part" 2>"$work/mmdebstrap.log" || {
+		tail -n 40 "$work/mmdebstrap.log" >&2; rm -f "$tar.part"; die "mmdebstrap failed"; }
+	mv "$tar.part" "$tar"
+	log "base root file system: built in $(( $(date +%s) - t )) s ($(du -h "$tar" | cut -f1))"
+	# keep only the newest two base tarballs
+	ls -1t "$cache_dir"/rootfs-*.tar 2>/dev/null | tail -n +3 | xargs -r rm -f
+	echo "$tar"
+}
+
+# ----------------------------------------------------------------------------- fieldsync payload
+
+# Stage everything fieldsync adds to a root file system under $1 (same for both routes):
+#   /usr/local/lib/fieldsync/python   fieldsync and its dependencies (aarch64 wheels, CPython 3.11)
+#   /usr/local/bin/fieldsync          the console script
+#   /usr/local/lib/fieldsync/firstboot.py, the units and configuration from board/rootfs
+stage_payload() {
+	local payload=$1 src=$work/src wheels=$work/wheels py
+	py=$(host_python)
+	mkdir -p "$payload" "$wheels" "$src"
+	# the repository as it is now (tracked and untracked, not ignored files), built out of tree
+	git -C "$repo" ls-files -z -co --exclude-standard \
+		| (cd "$repo" && tar --null -T - -cf -) | tar -xf - -C "$src"
+	log "payload: building the fieldsync wheel ($(git -C "$repo" describe --always --dirty 2>/dev/null || echo unknown))"
+	"$py" -m pip wheel -q --no-deps -w "$wheels" "$src" >"$work/pip-wheel.log" 2>&1 \
+		|| { cat "$work/pip-wheel.log" >&2; die "pip wheel failed"; }
+	local wheel
+	wheel=$(ls "$wheels"/fieldsync-*.whl)
+	local plat=() p
+	for p in "${WHEEL_PLATFORMS[@]}"; do plat+=(--platform "$p"); done
+	log "payload: fetching aarch64 wheels of the dependencies"
+	"$py" -m pip download -q --only-binary=:all: "${plat[@]}" --python-version 3.11 \
+		--implementation cp -d "$wheels" "$wheel" >"$work/pip-download.log" 2>&1 \
+		|| { cat "$work/pip-download.log" >&2; die "pip download (aarch64 wheels) failed"; }
+	local site=$payload/usr/local/lib/fieldsync/python
+	"$py" -m pip install -q --no-index --find-links "$wheels" --only-binary=:all: "${plat[@]}" \
+		--python-version 3.11 --implementation cp --target "$site" --no-compile "$wheel" \
+		>"$work/pip-install.log" 2>&1 \
+		|| { cat "$work/pip-install.log" >&2; die "pip install --target failed"; }
+	rm -rf "$site/bin"
+	# byte-code compiled ahead (unchecked-hash: the files never change on the device; a Pi Zero
+	# 2 W would otherwise compile on every start, the unit forbids writing .pyc files)
+	if [ "$("$py" -c 'import sys; print(sys.version_info[:2] == (3, 11))')" = True ]; then
+		"$py" -m compileall -q -j 2 --invalidation-mode unchecked-hash "$site" >/dev/null
+	else
+		log "payload: host Python is not 3.11: no byte-code compiled ahead"
+	fi
+	local entry
+	entry=$(sed -n '/^\[console_scripts\]/,/^\[/s/^fieldsync *= *//p' "$site"/fieldsync-*.dist-info/entry_points.txt)
+	[ -n "$entry" ] || die "the fieldsync wheel has no fieldsync console script"
+	install -d "$payload/usr/local/bin"
+	cat >"$payload/usr/local/bin/fieldsync" <<-SCRIPT
+	#!/usr/bin/python3 -I
+	# fieldsync console script (image build): the packages live in /usr/local/lib/fieldsync/python
+	import sys
+	sys.path.insert(0, "/usr/local/lib/fieldsync/python")
+	from ${entry%%:*} import ${entry##*:}
+	sys.exit(${entry##*:}())
+	SCRIPT
+	chmod 0755 "$payload/usr/local/bin/fieldsync"
+	# units, configuration, first boot
+	cp -a "$repo/board/rootfs/." "$payload/"
+	install -D -m 0755 "$repo/board/firstboot.py" "$payload/usr/local/lib/fieldsync/firstboot.py"
+	install -d "$payload/usr/local/share/doc/fieldsync"
+	install -m 0644 "$repo/board/README.md" "$payload/usr/local/share/doc/fieldsync/README.md"
+	{
+		echo "fieldsync $version"
+		echo "commit $(git -C "$repo" describe --always --dirty --abbrev=12 2>/dev/null || echo unknown)"
+		echo "built $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+		(cd "$site" && ls -d ./*.dist-info | sed 's|^\./||; s|\.dist-info$||')
+	} >"$payload/usr/local/share/doc/fieldsync/BUILD-INFO"
+	local wants=$payload/etc/systemd/system/multi-user.target.wants
+	install -d "$wants"
+	ln -sf /etc/systemd/system/fieldsync-agent.service "$wants/fieldsync-agent.service"
+	ln -sf /etc/systemd/system/fieldsync-firstboot.service "$wants/fieldsync-firstboot.service"
+	find "$payload" -type d -exec chmod 0755 {} +
+	find "$payload" -type f ! -perm -u+x -exec chmod 0644 {} +
+	find "$payload" -type f -perm -u+x -exec chmod 0755 {} +
+	chown -R 0:0 "$payload"
+}
+
+# A Python with pip on the host (the project's .venv when there is one).
+host_python() {
+	if [ -x "$repo/.venv/bin/python" ] && "$repo/.venv/bin/python" -m pip --version >/dev/null 2>&1; then
+		echo "$repo/.venv/bin/python"
+	else
+		echo python3
+	fi
+}
+
+# The fstab lines fieldsync needs (boot partition, secured keystore).
+fstab_lines() {
+	cat <<-FSTAB
+	# the secured keystore partition: own file system, no devices, no set-uid, nothing executable;
+	# nofail so the device still boots (and can be repaired) without it: the agent's unit has
+	# RequiresMountsFor= and does not start then
+	LABEL=$KEYS_LABEL  $KEYSTORE_DIR  ext4  rw,noatime,nosuid,nodev,noexec,nofail,x-systemd.device-timeout=30s  0  2
+	FSTAB
+}
+
+# Run a command inside the arm64 root file system $1 (qemu-user), with /proc and /dev mounted in
+# a private mount namespace (gone when the command ends).
+in_chroot() {
+	local root=$1; shift
+	unshare --mount --propagation private sh -c '
+		root=$1; shift
+		mount -t proc proc "$root/proc" && mount --rbind /dev "$root/dev" && exec chroot "$root" "$@"
+	' in_chroot "$root" "$@"
+}
+
+# ----------------------------------------------------------------------------- the full image
+
+build_full() {
+	local rootfs_tar=$1 rootfs=$work/rootfs bootfs=$work/bootfs
+	stage_payload "$work/payload"
+	log "root file system: unpacking the base and adding fieldsync"
+	mkdir -p "$rootfs" "$bootfs"
+	tar --numeric-owner --xattrs --xattrs-include='*' -xpf "$rootfs_tar" -C "$rootfs"
+	cp -a "$work/payload/." "$rootfs/"
+	cp -a "$repo/board/debian/." "$rootfs/"
+	chown -R 0:0 "$rootfs/etc/systemd" "$rootfs/etc/ssh/sshd_config.d"
+	cat >"$rootfs/etc/fstab" <<-FSTAB
+	# fieldsync image: partitions found by label (boot FAT32, keystore, root last so it can grow)
+	LABEL=$ROOT_LABEL  /  ext4  rw,noatime,errors=remount-ro  0  1
+	LABEL=$BOOT_LABEL  /boot/firmware  vfat  rw,noatime,umask=0077,nofail,x-systemd.device-timeout=30s  0  2
+	FSTAB
+	fstab_lines >>"$rootfs/etc/fstab"
+	echo fieldsync >"$rootfs/etc/hostname"
+	printf '127.0.0.1\tlocalhost\n127.0.1.1\tfieldsync\n::1\t\tlocalhost ip6-localhost ip6-loopback\n' \
+		>"$rootfs/etc/hosts"
+	# the clock starts no earlier than the build (no RTC on a Pi; the TLS identity made at first
+	# boot must not be dated 1970)
+	touch "$rootfs/usr/lib/clock-epoch"
+	in_chroot "$rootfs" systemctl enable -q systemd-networkd.service systemd-timesyncd.service \
+		systemd-resolved.service ssh.service
+	in_chroot "$rootfs" systemctl disable -q wpa_supplicant.service hostapd.service 2>/dev/null || true
+	log "root file system: checking that fieldsync imports under aarch64 (qemu-user)"
+	in_chroot "$rootfs" /usr/bin/python3 -I -c '
+import sys; sys.path.insert(0, "/usr/local/lib/fieldsync/python")
+import platform, fieldsync, cryptography, websockets, zeroconf, netifaces, pyudev, uvloop
+assert platform.machine() == "aarch64", platform.machine()
+print("fieldsync", fieldsync.__version__, "imports on", platform.machine())' >&2
+	in_chroot "$rootfs" /usr/local/bin/fieldsync --version >&2
+	# the boot partition's content comes out of the root file system
+	cp -a "$rootfs/boot/firmware/." "$bootfs/"
+	find "$rootfs/boot/firmware" -mindepth 1 -delete
+	install -m 0644 "$repo/board/fieldsync-settings.toml.example" "$bootfs/fieldsync-settings.toml.example"
+	assemble_image "$rootfs" "$bootfs"
+}
+
+# Assemble boot (FAT32), keystore and root (ext4) into a partitioned image, without mounting.
+assemble_image() {
+	local rootfs=$1 bootfs=$2 img=$work/fieldsync.img
+	local used_mib root_mib keys_start root_start total
+	used_mib=$(( $(du -s --block-size=1M "$rootfs" | cut -f1) ))
+	root_mib=$(( (used_mib * 5 / 4 + 320 + 3) / 4 * 4 ))
+	log "image: root file system ${used_mib} MiB used -> ${root_mib} MiB partition"
+	mkfs.ext4 -q -F -L "$ROOT_LABEL" -d "$rootfs" -E root_owner=0:0 "$work/root.ext4" "${root_mib}M"
+	mkfs.ext4 -q -F -L "$KEYS_LABEL" -m 0 -E root_owner=0:0 "$work/keys.ext4" "${KEYS_MIB}M"
+	debugfs -w -R 'set_inode_field / mode 040700' "$work/keys.ext4" >/dev/null 2>&1
+	rm -f "$work/boot.vfat"
+	mkfs.vfat -F 32 -n "$BOOT_LABEL" -C "$work/boot.vfat" $(( BOOT_MIB * 1024 )) >/dev/null
+	mcopy -i "$work/boot.vfat" -s -p -m "$bootfs"/* ::/
+	keys_start=$(( BOOT_START_MIB + BOOT_MIB ))
+	root_start=$(( keys_start + KEYS_MIB ))
+	total=$(( root_start + root_mib ))
+	rm -f "$img"
+	truncate -s "${total}M" "$img"
+	sfdisk -q "$img" <<-TABLE
+	label: dos
+	unit: sectors
+	start=$(( BOOT_START_MIB * 2048 )), size=$(( BOOT_MIB * 2048 )), type=c, bootable
+	start=$(( keys_start * 2048 )), size=$(( KEYS_MIB * 2048 )), type=83
+	start=$(( root_start * 2048 )), size=$(( root_mib * 2048 )), type=83
+	TABLE
+	dd if="$work/boot.vfat" of="$img" bs=1M seek="$BOOT_START_MIB" conv=notrunc,sparse status=none
+	dd if="$work/keys.ext4" of="$img" bs=1M seek="$keys_start" conv=notrunc,sparse status=none
+	dd if="$work/root.ext4" of="$img" bs=1M seek="$root_start" conv=notrunc,sparse status=none
+	publish_image "$img" "fieldsync-$version-arm64"
+}
+
+# Move the image to $out_dir as NAME.img.zst (+ .sha256), and/or NAME.img.
+publish_image() {
+	local img=$1 name=$2
+	rm -f "$out_dir/$name".img*
+	if [ "$compress" = 1 ]; then
+		log "image: compressing (zstd)"
+		nice -n 10 zstd -q -T2 -12 -o "$out_dir/$name.img.zst" "$img"
+		(cd "$out_dir" && sha256sum "$name.img.zst" >"$name.img.zst.sha256")
+	fi
+	if [ "$keep_raw" = 1 ]; then
+		mv "$img" "$out_dir/$name.img"
+		(cd "$out_dir" && sha256sum "$name.img" >"$name.img.sha256")
+	fi
+	log "image: done in $(( $(date +%s) - t0 )) s:"
+	ls -ls "$out_dir/$name".img* >&2
+}
