@@ -49,9 +49,12 @@ def _ssl_context(args: argparse.Namespace) -> ssl.SSLContext | None:
     if not args.url.startswith("wss://"):
         return None
     if args.pinned_cert:
-        from fieldsync.tls.context import pinned_client_context
+        from cryptography import x509
 
-        context = pinned_client_context(args.pinned_cert.read_bytes())
+        from fieldsync.tls.context import client_ssl_context
+
+        pinned = x509.load_pem_x509_certificate(args.pinned_cert.read_bytes())
+        context = client_ssl_context(pinned_certificate=pinned)
     elif args.insecure:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         context.check_hostname = False

@@ -85,4 +85,6 @@ class URLEndpointListenerConfiguration:
 
 
 def _is_certificate_authenticator(authenticator: Any) -> bool:
-    return type(authenticator).__name__ == "ListenerCertificateAuthenticator"
+    from fieldsync.listener.auth import ListenerCertificateAuthenticator
+
+    return isinstance(authenticator, ListenerCertificateAuthenticator)

@@ -237,7 +237,9 @@ class URLEndpointListener:
         chosen = handshake.choose_subprotocol(list(offered))
         return None if isinstance(chosen, handshake.Refusal) else chosen
 
-    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+    async def _process_request(
+        self, connection: ServerConnection, request: Request
+    ) -> Response | None:
         peer = _peer_name(connection)
         decision = handshake.decide(
             request.path, request.headers.get_all("Sec-WebSocket-Protocol"), self._databases
@@ -248,29 +250,39 @@ class URLEndpointListener:
         user = None
         authenticator = self.config.authenticator
         if authenticator is not None:
-            result = self._authenticate(connection, request, authenticator)
+            result = await self._authenticate(connection, request, authenticator)
             if not result.ok:
                 log.warning("%s: authentication failed: %s", peer, result.reason)
-                return _http_error(
-                    401,
-                    "authentication required",
-                    (("WWW-Authenticate", 'Basic realm="fieldsync"'),)
-                    if not _wants_client_certificate(authenticator)
-                    else (),
-                )
+                challenge: tuple[tuple[str, str], ...] = ()
+                if not _wants_client_certificate(authenticator):
+                    from fieldsync.listener.auth import BASIC_CHALLENGE
+
+                    challenge = (("WWW-Authenticate", BASIC_CHALLENGE),)
+                return _http_error(401, "authentication required", challenge)
             user = result.username
         self._pending[id(connection)] = (decision.database_name, decision.subprotocol, user)
         return None
 
-    def _authenticate(
+    async def _authenticate(
         self, connection: ServerConnection, request: Request, authenticator: Any
     ) -> Any:
-        from fieldsync.listener.auth import check_basic_auth, peer_certificate_chain
+        """Check Basic credentials or the client's certificate chain (off the event loop:
+        password hashing takes tens of milliseconds)."""
+        from fieldsync.listener.auth import authenticate_request
+        from fieldsync.tls.context import peer_certificate_chain
 
-        if _wants_client_certificate(authenticator):
-            ssl_object = connection.transport.get_extra_info("ssl_object")
-            return authenticator.authenticate(peer_certificate_chain(ssl_object))
-        return check_basic_auth(authenticator, request.headers.get("Authorization"))
+        chain = []
+        ssl_object = connection.transport.get_extra_info("ssl_object")
+        if ssl_object is not None:
+            chain = peer_certificate_chain(ssl_object)
+        return await asyncio.get_running_loop().run_in_executor(
+            None,
+            lambda: authenticate_request(
+                authenticator,
+                authorization_header=request.headers.get("Authorization"),
+                peer_chain=chain,
+            ),
+        )
 
     # -- connections --------------------------------------------------------------------------
 
@@ -320,7 +332,9 @@ class URLEndpointListener:
 
 
 def _wants_client_certificate(authenticator: Any) -> bool:
-    return type(authenticator).__name__ == "ListenerCertificateAuthenticator"
+    from fieldsync.listener.auth import ListenerCertificateAuthenticator
+
+    return isinstance(authenticator, ListenerCertificateAuthenticator)
 
 
 def _peer_name(connection: ServerConnection) -> str:

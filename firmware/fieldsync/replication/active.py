@@ -22,7 +22,7 @@ from enum import Enum
 from typing import Any
 
 from websockets.asyncio.client import connect
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import InvalidHandshake, InvalidStatus
 
 from fieldsync.blip import BLIPSession, IncomingRequest
 from fieldsync.replication import decisions
@@ -180,6 +180,8 @@ class Replicator:
             raise ReplicationError(
                 f"{endpoint} refused the connection: HTTP {exc.response.status_code} {body}"
             ) from exc
+        except (InvalidHandshake, OSError) as exc:
+            raise ReplicationError(f"cannot connect to {endpoint}: {exc}") from exc
         session = BLIPSession(websocket, name=self.config.url)
         self._session = session
         reader = asyncio.get_running_loop().create_task(session.run())
