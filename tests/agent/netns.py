@@ -64,7 +64,11 @@ class NetnsPair:
         return run("ip", "-n", ns, *args, check=check)
 
     def create_wlan0(self, address: str | None = "10.213.0.1/24", *, up: bool = True) -> None:
-        """A veth pair: ``wlan0`` in the device namespace, ``phone0`` (10.213.0.2) in the other."""
+        """A veth pair: ``wlan0`` in the device namespace, ``phone0`` in the phone namespace.
+
+        ``phone0`` holds 10.213.N.2/24 for N in 0..3, so the device may move between those
+        subnets and stay reachable.
+        """
         self.ip(
             self.device,
             "link",
@@ -79,7 +83,8 @@ class NetnsPair:
             self.phone,
         )
         self.ip(self.device, "link", "set", "fsveth0", "name", "wlan0")
-        self.ip(self.phone, "addr", "add", "10.213.0.2/24", "dev", self.peer)
+        for subnet in range(4):  # the phone can reach the device in 10.213.0-3.0/24
+            self.ip(self.phone, "addr", "add", f"10.213.{subnet}.2/24", "dev", self.peer)
         self.ip(self.phone, "link", "set", self.peer, "up")
         if address:
             self.ip(self.device, "addr", "add", address, "dev", "wlan0")

@@ -59,6 +59,25 @@ def build_txt(
     return txt
 
 
+class _OneLineSocketErrors(logging.Filter):
+    """Keep python-zeroconf's send errors to one line.
+
+    Withdrawing from an interface that just went down, or answering while an address is being
+    replaced, makes sends fail (ENETUNREACH, EADDRNOTAVAIL); zeroconf logs each with a full
+    traceback, which says nothing the message does not.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, OSError) and str(record.msg).startswith("Error with socket"):
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+_ZEROCONF_FILTER = _OneLineSocketErrors()
+
+
 class ServiceAdvertiser:
     """One DNS-SD service instance, advertised on a chosen set of addresses.
 
@@ -78,6 +97,9 @@ class ServiceAdvertiser:
         self.instance_name = instance_name or socket.gethostname().split(".")[0] or "fieldsync"
         self.host_name = _qualified_host(host_name or socket.gethostname().split(".")[0])
         self.interface = interface
+        zeroconf_log = logging.getLogger("zeroconf")
+        if _ZEROCONF_FILTER not in zeroconf_log.filters:
+            zeroconf_log.addFilter(_ZEROCONF_FILTER)
         self._zc: AsyncZeroconf | None = None
         self._info: AsyncServiceInfo | None = None
         self._addresses: tuple[str, ...] = ()

@@ -1,123 +1,88 @@
-"""Salted password hashes for the agent's users, in PHC string format.
+"""Salted password hashes for the ``[users]`` table, in the listener's format.
 
-The configuration stores only hashes such as
-``$scrypt$ln=15,r=8,p=1$<salt>$<hash>`` or ``$pbkdf2-sha256$i=600000$<salt>$<hash>``
-(salt and hash in unpadded standard base64). Both are computed with :mod:`hashlib`, so no extra
-package is needed; :func:`hash_password` makes scrypt hashes.
+A hash reads ``scrypt$<n>$<r>$<p>$<salt b64>$<hash b64>`` — the format of
+:func:`fieldsync.listener.auth.hash_password`, also used by ``fieldsync run --users`` files —
+so one hash works everywhere. This module only recognises and explains the format, without
+hashing, so a configuration can be checked quickly and a plaintext password is never accepted;
+hashing and verification are the listener's.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
-import hmac
-import os
-import re
 
-SCRYPT_LOG2_N = 15
-SCRYPT_R = 8
-SCRYPT_P = 1
-PBKDF2_MIN_ITERATIONS = 10_000
-_MIN_SALT_BYTES = 8
-_MIN_HASH_BYTES = 16
-
-_PHC = re.compile(
-    r"^\$(?P<id>[a-z0-9-]+)\$(?P<params>[a-z0-9=,]+)\$(?P<salt>[A-Za-z0-9+/.]+)"
-    r"\$(?P<hash>[A-Za-z0-9+/.]+)$"
-)
+MIN_SALT_BYTES = 8
+MIN_HASH_BYTES = 16
+MAX_SCRYPT_N = 1 << 20
+_HOW = "make one with: fieldsync agent --hash-password"
 
 
 class PasswordHashError(ValueError):
     """A string that is not a usable salted password hash."""
 
 
-def hash_password(password: str, *, salt: bytes | None = None) -> str:
-    """A new salted scrypt hash of ``password`` in PHC format."""
+def hash_password(password: str) -> str:
+    """A new salted scrypt hash of ``password`` (refuses an empty password)."""
     if not password:
         raise PasswordHashError("the password is empty")
-    salt = salt if salt is not None else os.urandom(16)
-    digest = _scrypt(password, salt, SCRYPT_LOG2_N, SCRYPT_R, SCRYPT_P)
-    params = f"ln={SCRYPT_LOG2_N},r={SCRYPT_R},p={SCRYPT_P}"
-    return f"$scrypt${params}${_b64encode(salt)}${_b64encode(digest)}"
+    from fieldsync.listener.auth import hash_password as listener_hash_password
+
+    return listener_hash_password(password)
 
 
 def verify_password(password_hash: str, password: str) -> bool:
     """Whether ``password`` matches ``password_hash`` (constant-time comparison)."""
-    scheme, params, salt, expected = _parse(password_hash)
-    if scheme == "scrypt":
-        actual = _scrypt(password, salt, params["ln"], params["r"], params["p"], len(expected))
-    else:
-        actual = hashlib.pbkdf2_hmac(
-            "sha256", password.encode(), salt, params["i"], dklen=len(expected)
-        )
-    return hmac.compare_digest(actual, expected)
+    check_password_hash(password_hash)
+    from fieldsync.listener.auth import verify_password as listener_verify_password
+
+    return listener_verify_password(password_hash, password)
 
 
 def describe_password_hash_problem(text: str) -> str | None:
     """None when ``text`` is a usable hash, else a sentence saying what is wrong with it."""
-    if not text.startswith("$"):
-        return (
-            "looks like a plaintext password; store a salted hash instead "
-            "(make one with: fieldsync agent --hash-password)"
-        )
     try:
-        _parse(text)
+        check_password_hash(text)
     except PasswordHashError as exc:
-        return f"{exc} (make one with: fieldsync agent --hash-password)"
+        return str(exc)
     return None
 
 
-def _parse(text: str) -> tuple[str, dict[str, int], bytes, bytes]:
-    match = _PHC.match(text)
-    if not match:
-        raise PasswordHashError("is not a salted hash in PHC format ($scheme$params$salt$hash)")
-    scheme = match["id"]
-    try:
-        params = {
-            key: int(value)
-            for key, value in (item.split("=", 1) for item in match["params"].split(","))
-        }
-    except ValueError:
-        raise PasswordHashError(f"has unreadable {scheme} parameters {match['params']!r}") from None
-    salt = _b64decode(match["salt"], "salt")
-    digest = _b64decode(match["hash"], "hash")
-    if len(salt) < _MIN_SALT_BYTES:
-        raise PasswordHashError(f"has a salt of {len(salt)} bytes; use at least {_MIN_SALT_BYTES}")
-    if len(digest) < _MIN_HASH_BYTES:
-        raise PasswordHashError(f"has a hash of {len(digest)} bytes; expected at least 16")
-    if scheme == "scrypt":
-        if set(params) != {"ln", "r", "p"}:
-            raise PasswordHashError("scrypt hashes need exactly the parameters ln, r and p")
-        if not (1 <= params["ln"] <= 24 and 1 <= params["r"] <= 64 and 1 <= params["p"] <= 16):
-            raise PasswordHashError("has scrypt parameters out of range")
-    elif scheme == "pbkdf2-sha256":
-        if set(params) != {"i"}:
-            raise PasswordHashError("pbkdf2-sha256 hashes need exactly the parameter i")
-        if params["i"] < PBKDF2_MIN_ITERATIONS:
+def check_password_hash(text: str) -> None:
+    """Raise :class:`PasswordHashError` unless ``text`` is a well-formed salted scrypt hash."""
+    parts = text.split("$")
+    if len(parts) == 1 or not text.startswith("scrypt$"):
+        if text.startswith("$") or (len(parts) > 1 and parts[0].isalnum()):
             raise PasswordHashError(
-                f"uses {params['i']} pbkdf2 iterations; use at least {PBKDF2_MIN_ITERATIONS}"
+                f"is not a fieldsync password hash (scrypt$n$r$p$salt$hash); {_HOW}"
             )
-    else:
         raise PasswordHashError(
-            f"uses the unsupported scheme {scheme!r} (supported: scrypt, pbkdf2-sha256)"
+            f"looks like a plaintext password; store a salted hash instead ({_HOW})"
         )
-    return scheme, params, salt, digest
-
-
-def _scrypt(password: str, salt: bytes, ln: int, r: int, p: int, length: int = 32) -> bytes:
-    n = 1 << ln
-    return hashlib.scrypt(
-        password.encode(), salt=salt, n=n, r=r, p=p, maxmem=256 * n * r + (1 << 20), dklen=length
-    )
-
-
-def _b64encode(data: bytes) -> str:
-    return base64.b64encode(data).decode().rstrip("=")
+    if len(parts) != 6:
+        raise PasswordHashError(f"is not a complete hash (scrypt$n$r$p$salt$hash); {_HOW}")
+    try:
+        n, r, p = int(parts[1]), int(parts[2]), int(parts[3])
+    except ValueError:
+        raise PasswordHashError("has scrypt parameters n, r, p that are not numbers") from None
+    if not (2 <= n <= MAX_SCRYPT_N and n & (n - 1) == 0):
+        raise PasswordHashError(f"has scrypt n={n}; it must be a power of two up to 2^20")
+    if not (1 <= r <= 32 and 1 <= p <= 16):
+        raise PasswordHashError(f"has scrypt r={r}, p={p}; r must be 1-32 and p 1-16")
+    salt = _b64decode(parts[4], "salt")
+    digest = _b64decode(parts[5], "hash")
+    if len(salt) < MIN_SALT_BYTES:
+        raise PasswordHashError(
+            f"has a salt of {len(salt)} bytes; at least {MIN_SALT_BYTES} are needed"
+        )
+    if len(digest) < MIN_HASH_BYTES:
+        raise PasswordHashError(
+            f"has a hash of {len(digest)} bytes; at least {MIN_HASH_BYTES} are needed"
+        )
 
 
 def _b64decode(text: str, what: str) -> bytes:
     try:
-        return base64.b64decode(text.replace(".", "+") + "=" * (-len(text) % 4), validate=True)
+        return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
     except (binascii.Error, ValueError):
         raise PasswordHashError(f"has a {what} that is not base64") from None

@@ -39,7 +39,6 @@ from fieldsync.agent.config import AgentConfig, ConfigError, DatabaseConfig, loa
 from fieldsync.agent.control import ControlServer, empty_status
 from fieldsync.agent.interfaces import InterfaceState, InterfaceWatcher
 from fieldsync.agent.notify import SystemdNotifier
-from fieldsync.agent.passwords import verify_password
 
 log = logging.getLogger(__name__)
 
@@ -232,7 +231,11 @@ class Agent:
                 self._set_state(control.DEGRADED, f"listener not running: {self._listener_error}")
                 return
         self._listener_index = iface.index
+        self._set_serving_state()  # connections are accepted already; probing takes a while
         await self._advertise(iface)
+        self._set_serving_state()
+
+    def _set_serving_state(self) -> None:
         problems = list(self._database_errors.values())
         if self._mdns_error:
             problems.append(f"mDNS: {self._mdns_error}")
@@ -367,13 +370,7 @@ class Agent:
                 except (OSError, ValueError) as exc:
                     raise AgentError(f"client_cert_roots: cannot load {path}: {exc}") from None
             return auth.ListenerCertificateAuthenticator(roots)
-        hashes = config.password_hashes()
-
-        def check(username: str, password: str) -> bool:
-            stored = hashes.get(username)
-            return stored is not None and verify_password(stored, password)
-
-        return auth.ListenerPasswordAuthenticator(check)
+        return auth.ListenerPasswordAuthenticator.from_users(config.password_hashes())
 
     def _tls_status(self, listener: Any) -> dict[str, Any] | None:
         if not self.config.listener.tls:

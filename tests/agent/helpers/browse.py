@@ -1,7 +1,8 @@
 """Browse a DNS-SD service type with python-zeroconf; print what is seen as JSON lines.
 
 stdin commands (JSON lines): {"cmd": "resolve", "name": "<full service name>"} prints the
-service's current records as {"event": "resolved", ...} (or "unresolved").
+service's current records as {"event": "resolved", ...} (or "unresolved"); "fresh_resolve" does
+the same with a new, empty cache, so only a live answer from the network counts.
 """
 
 from __future__ import annotations
@@ -52,8 +53,15 @@ async def main(service_type: str, address: str) -> None:
     try:
         while line := await reader.readline():
             command = json.loads(line)
-            if command["cmd"] == "resolve":
-                found = await describe(aiozc, service_type, command["name"])
+            if command["cmd"] in ("resolve", "fresh_resolve"):
+                if command["cmd"] == "resolve":
+                    found = await describe(aiozc, service_type, command["name"])
+                else:
+                    fresh = AsyncZeroconf(interfaces=[address])
+                    try:
+                        found = await describe(fresh, service_type, command["name"])
+                    finally:
+                        await fresh.async_close()
                 event = {"event": "resolved" if found else "unresolved", "name": command["name"]}
                 print(json.dumps({**event, **(found or {})}), flush=True)
     finally:
