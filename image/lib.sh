@@ -199,7 +199,7 @@ fstab_lines() {
 	# the secured keystore partition: own file system, no devices, no set-uid, nothing executable;
 	# nofail so the device still boots (and can be repaired) without it: the agent's unit has
 	# RequiresMountsFor= and does not start then
-	LABEL=$KEYS_LABEL  $KEYSTORE_DIR  ext4  rw,noatime,nosuid,nodev,noexec,nofail,x-systemd.device-timeout=30s  0  2
+	LABEL=$KEYS_LABEL  $KEYSTORE_DIR  ext4  rw,noatime,nosuid,nodev,noexec,nofail,x-systemd.device-timeout=3min  0  2
 	FSTAB
 }
 
@@ -227,7 +227,7 @@ build_full() {
 	cat >"$rootfs/etc/fstab" <<-FSTAB
 	# fieldsync image: partitions found by label (boot FAT32, keystore, root last so it can grow)
 	LABEL=$ROOT_LABEL  /  ext4  rw,noatime,errors=remount-ro  0  1
-	LABEL=$BOOT_LABEL  /boot/firmware  vfat  rw,noatime,umask=0077,nofail,x-systemd.device-timeout=30s  0  2
+	LABEL=$BOOT_LABEL  /boot/firmware  vfat  rw,noatime,umask=0077,nofail,x-systemd.device-timeout=3min  0  2
 	FSTAB
 	fstab_lines >>"$rootfs/etc/fstab"
 	echo fieldsync >"$rootfs/etc/hostname"
@@ -238,7 +238,9 @@ build_full() {
 	touch "$rootfs/usr/lib/clock-epoch"
 	in_chroot "$rootfs" systemctl enable -q systemd-networkd.service systemd-timesyncd.service \
 		systemd-resolved.service ssh.service
-	in_chroot "$rootfs" systemctl disable -q wpa_supplicant.service hostapd.service 2>/dev/null || true
+	# the Wi-Fi mode is chosen by the operator's settings; no daily apt runs on a field device
+	in_chroot "$rootfs" systemctl disable -q wpa_supplicant.service hostapd.service \
+		apt-daily.timer apt-daily-upgrade.timer 2>/dev/null || true
 	log "root file system: checking that fieldsync imports under aarch64 (qemu-user)"
 	in_chroot "$rootfs" /usr/bin/python3 -I -c '
 import sys; sys.path.insert(0, "/usr/local/lib/fieldsync/python")
@@ -299,4 +301,75 @@ publish_image() {
 	fi
 	log "image: done in $(( $(date +%s) - t0 )) s:"
 	ls -ls "$out_dir/$name".img* >&2
+}
+
+# ----------------------------------------------------------------------------- --base (Pi 5 route)
+
+# Add fieldsync to a Raspberry Pi OS image: the payload written into its root file system with
+# debugfs, the keystore partition appended after root (sfdisk --append), an fstab line added.
+# The boot partition and everything else of the base stay as they are. Raspberry Pi OS's own
+# first boot skips growing root when root is not the last partition, so root is grown here by
+# $root_grow_mib (image/build --root-grow) before the keystore partition is appended.
+build_on_base() {
+	local base=$1 img=$work/fieldsync.img name
+	name=fieldsync-$version-$(basename "$base" | sed -E 's/\.(xz|zst)$//; s/\.img$//')
+	[ -f "$base" ] || die "--base: $base is not a file"
+	case $base in
+	*.zst) log "base: decompressing $base"; zstd -dcq "$base" >"$img" ;;
+	*.xz) log "base: decompressing $base"; xz -dc "$base" >"$img" ;;
+	*) cp --sparse=always "$base" "$img" ;;
+	esac
+	local table parts boot_type root_start root_size root_num sector
+	table=$(sfdisk --json "$img") || die "--base: $base has no partition table"
+	parts=$(python3 -c '
+import json, sys
+t = json.loads(sys.argv[1])["partitiontable"]
+if t.get("label") != "dos":
+    sys.exit("the base image must have an MBR (dos) partition table")
+ps = sorted(t["partitions"], key=lambda p: p["start"])
+if len(ps) != 2:
+    sys.exit(f"expected 2 partitions (boot, root), found {len(ps)}")
+root = ps[-1]
+print(ps[0]["type"], root["start"], root["size"], root["node"][-1], t.get("sectorsize", 512))
+' "$table") || die "--base: $base is not a Raspberry Pi OS image ($parts)"
+	read -r boot_type root_start root_size root_num sector <<<"$parts"
+	case $boot_type in b|c|e) ;; *) die "--base: the first partition is not FAT (type $boot_type)" ;; esac
+	local root_off=$(( root_start * sector ))
+	blkid -p -O "$root_off" "$img" | grep -q 'TYPE="ext4"' || die "--base: the root partition is not ext4"
+	stage_payload "$work/payload"
+	log "base: root partition $root_num at $(( root_off >> 20 )) MiB, $(( root_size * sector >> 20 )) MiB"
+	dd if="$img" of="$work/root.ext4" bs=1M iflag=skip_bytes,count_bytes skip="$root_off" \
+		count=$(( root_size * sector )) conv=sparse status=none
+	if [ "$root_grow_mib" -gt 0 ]; then
+		log "base: growing the root file system by $root_grow_mib MiB"
+		e2fsck -fp "$work/root.ext4" >/dev/null || [ $? -le 1 ] || die "--base: the root file system has errors"
+		truncate -s +"${root_grow_mib}M" "$work/root.ext4"
+		resize2fs -p "$work/root.ext4" >/dev/null 2>&1 || die "--base: resize2fs failed"
+	fi
+	log "base: writing fieldsync into the root file system (debugfs)"
+	"$here/debugfs-tree" "$work/payload" "$work/root.ext4" >"$work/payload.debugfs"
+	debugfs -R 'cat /etc/fstab' "$work/root.ext4" 2>/dev/null >"$work/fstab"
+	grep -q "$KEYSTORE_DIR" "$work/fstab" || fstab_lines >>"$work/fstab"
+	printf 'rm /etc/fstab\nwrite %s /etc/fstab\nset_inode_field /etc/fstab mode 0100644\n' \
+		"$work/fstab" >>"$work/payload.debugfs"
+	debugfs -w -f "$work/payload.debugfs" "$work/root.ext4" >"$work/debugfs.log" 2>&1
+	if grep -E -v '^debugfs|^rm: File not found|^mkdir: .*already exists' "$work/debugfs.log" \
+		| grep -E -i 'error|not found|cannot|could not' >&2; then
+		die "--base: debugfs reported errors (above)"
+	fi
+	e2fsck -fn "$work/root.ext4" >/dev/null || die "--base: the edited root file system is not clean"
+	# the new layout: root (grown) in place, then the keystore partition, appended
+	local new_root_sectors=$(( $(stat -c %s "$work/root.ext4") / sector ))
+	local keys_start=$(( (root_start + new_root_sectors + 2047) / 2048 * 2048 ))
+	local total=$(( keys_start * sector + KEYS_MIB * 1048576 ))
+	truncate -s "$total" "$img"
+	echo ", $new_root_sectors" | sfdisk -q --no-reread -N "$root_num" "$img" >/dev/null
+	echo "start=$keys_start, size=$(( KEYS_MIB * 1048576 / sector )), type=83" \
+		| sfdisk -q --no-reread --append "$img" >/dev/null
+	mkfs.ext4 -q -F -L "$KEYS_LABEL" -m 0 -E root_owner=0:0 "$work/keys.ext4" "${KEYS_MIB}M" >/dev/null
+	debugfs -w -R 'set_inode_field / mode 040700' "$work/keys.ext4" >/dev/null 2>&1
+	dd if="$work/root.ext4" of="$img" bs=1M oflag=seek_bytes seek="$root_off" conv=notrunc,sparse status=none
+	dd if="$work/keys.ext4" of="$img" bs=1M oflag=seek_bytes seek=$(( keys_start * sector )) \
+		conv=notrunc,sparse status=none
+	publish_image "$img" "$name"
 }
