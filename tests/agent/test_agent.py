@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 from netns import NetnsPair, NsProcess
 
+from fieldsync.agent.control import ControlError, query_status
 from fieldsync.agent.passwords import hash_password, verify_password
 
 
@@ -94,17 +95,20 @@ class AgentRun:
         port: int = 4984,
         tls: bool = False,
         users: str = "",
+        interface: str | None = "wlan0",
+        top: str = "",
     ) -> None:
         self.config_path.write_text(
             f'control_socket = "{self.control}"\nlog_level = "debug"\n'
-            f'keystore = "{self.workdir / "keys"}"\n'
-            f'[listener]\ninterface = "wlan0"\nport = {port}\n'
-            f"tls = {'true' if tls else 'false'}\n{extra_listener}"
+            f'keystore = "{self.workdir / "keys"}"\n{top}'
+            "[listener]\n"
+            + (f'interface = "{interface}"\n' if interface else "")
+            + f"port = {port}\ntls = {'true' if tls else 'false'}\n{extra_listener}"
             f'[databases.inventory]\npath = "{self.workdir / "inventory"}"\n'
             f'[mdns]\ninstance_name = "{instance}"\n' + users
         )
 
-    def start(self) -> NsProcess:
+    def start(self, **env: str) -> NsProcess:
         argv = self.netns.exec_argv(
             self.netns.device,
             sys.executable,
@@ -114,11 +118,12 @@ class AgentRun:
             "--config",
             str(self.config_path),
         )
-        self.process = NsProcess(argv, env={"NOTIFY_SOCKET": str(self.notify.path)})
+        self.process = NsProcess(argv, env={"NOTIFY_SOCKET": str(self.notify.path), **env})
         self.netns.processes.append(self.process)
         return self.process
 
     def status(self) -> tuple[int, str, dict[str, Any] | None]:
+        """What ``fieldsync status --json`` says: exit code, stderr line, document."""
         result = subprocess.run(
             [sys.executable, "-m", "fieldsync", "status", "--json", "--socket", str(self.control)],
             capture_output=True,
@@ -128,16 +133,23 @@ class AgentRun:
         document = json.loads(result.stdout) if result.stdout.strip() else None
         return result.returncode, result.stderr.strip(), document
 
+    def document(self) -> dict[str, Any] | None:
+        """The status document, asked in-process (cheaper than the command for polling)."""
+        try:
+            return query_status(self.control)
+        except ControlError:
+            return None
+
     def wait_status(
         self, predicate: Callable[[dict[str, Any]], bool], what: str, timeout: float = 20.0
     ) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         document: dict[str, Any] | None = None
         while time.monotonic() < deadline:
-            _, _, document = self.status()
+            document = self.document()
             if document is not None and predicate(document):
                 return document
-            time.sleep(0.1)
+            time.sleep(0.05)
         assert self.process is not None
         raise AssertionError(
             f"agent never reached: {what}; last status {document}; log tail:\n"
@@ -201,8 +213,9 @@ def event(kind: str, **fields: Any) -> Callable[[dict[str, Any]], bool]:
 def test_agent_waits_for_wlan0_follows_it_and_stops_cleanly(
     netns: NetnsPair, agent: AgentRun
 ) -> None:
-    process = agent.start()
+    process = agent.start(WATCHDOG_USEC="200000")  # keep-alives every 0.1 s
     ready = agent.notify.expect("READY=1")
+    agent.notify.expect("WATCHDOG=1")
     assert "STATUS=waiting-for-interface: waiting for interface wlan0" in ready
     code, reason, document = agent.status()
     assert code == 1
@@ -378,6 +391,10 @@ def test_agent_with_tls_advertises_the_fingerprint(netns: NetnsPair, agent: Agen
     added = browser.expect(event("added"), what="service added")
     assert added["txt"]["tls"] == "1"
     assert added["txt"]["fp"] == fingerprint.replace(":", "").lower()
+    client = netns.start(
+        netns.phone, "ws_client.py", "wss://10.213.0.1:4984/inventory/_blipsync", "--insecure"
+    )
+    assert client.expect(lambda m: "event" in m, what="open")["event"] == "open"
     agent.signal(signal.SIGTERM)
     assert process.wait(20) == 0
 
@@ -400,6 +417,65 @@ def test_agent_checks_passwords(netns: NetnsPair, agent: AgentRun) -> None:
         netns.phone, "ws_client.py", "ws://surveyor:s3cret@10.213.0.1:4984/inventory/_blipsync"
     )
     assert allowed.expect(lambda m: "event" in m, what="open")["event"] == "open"
+    agent.signal(signal.SIGTERM)
+    assert process.wait(20) == 0
+
+
+def write_ca(path: Path) -> None:
+    """A self-signed CA certificate, PEM, as a field CA for client certificates."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fieldsync test CA")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+
+
+@pytest.mark.netns
+@needs_listener
+@pytest.mark.skipif(TLS_MISSING is not None, reason=TLS_MISSING or "")
+def test_agent_on_all_interfaces_reports_a_bad_setting_until_reloaded(
+    netns: NetnsPair, agent: AgentRun, tmp_path: Path
+) -> None:
+    roots = tmp_path / "field-ca.pem"
+    agent.write_config(interface=None, tls=True, top=f'client_cert_roots = ["{roots}"]\n')
+    netns.create_wlan0("10.213.0.1/24")
+    process = agent.start()
+    agent.notify.expect("READY=1")
+    document = agent.wait_status(lambda d: d["state"] == "degraded", "degraded")
+    assert f"client_cert_roots: cannot load {roots}" in document["detail"]
+    assert document["urls"] == [] and document["interface"] is None
+    code, reason, _ = agent.status()
+    assert code == 1 and reason.startswith("fieldsync agent is degraded: listener not running:")
+
+    write_ca(roots)
+    agent.signal(signal.SIGHUP)
+    document = agent.wait_status(serving, "serving after the fix")
+    assert document["urls"] == ["wss://10.213.0.1:4984/inventory"]  # every interface
+    assert document["tls"]["fingerprint"]
+    # a client that trusts the server but has no certificate is turned away
+    client = netns.start(
+        netns.phone, "ws_client.py", "wss://10.213.0.1:4984/inventory/_blipsync", "--insecure"
+    )
+    refusal = client.expect(lambda m: "event" in m, what="refusal")
+    assert refusal["event"] == "error", refusal
+    assert "CERTIFICATE_VERIFY_FAILED" not in refusal["error"]  # the server refused, not us
     agent.signal(signal.SIGTERM)
     assert process.wait(20) == 0
 

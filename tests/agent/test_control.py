@@ -28,7 +28,13 @@ from fieldsync.agent.control import (
     empty_status,
     query_status,
 )
-from fieldsync.cli.status import format_bytes, format_duration, format_status, not_serving_reason
+from fieldsync.cli.status import (
+    default_socket_path,
+    format_bytes,
+    format_duration,
+    format_status,
+    not_serving_reason,
+)
 
 
 def serving_document() -> dict[str, Any]:
@@ -417,3 +423,32 @@ def test_format_bytes() -> None:
     assert format_bytes(48_200) == "48.2 kB"
     assert format_bytes(3_200_000) == "3.2 MB"
     assert format_bytes(5e12) == "5000.0 GB"
+
+
+def test_default_socket_path(tmp_path: Path) -> None:
+    config = tmp_path / "fieldsync.toml"
+    config.write_text(f'control_socket = "{tmp_path}/c.sock"\n[databases.a]\npath = "a"\n')
+    env = {"FIELDSYNC_CONFIG": str(config)}
+    assert default_socket_path(env) == f"{tmp_path}/c.sock"
+    assert default_socket_path({**env, "FIELDSYNC_CONTROL_SOCKET": "/x.sock"}) == "/x.sock"
+    config.write_text("not toml [")
+    assert default_socket_path(env) == "/run/fieldsync/control.sock"
+    assert default_socket_path({"FIELDSYNC_CONFIG": str(tmp_path / "none")}) == (
+        "/run/fieldsync/control.sock"
+    )
+
+
+def test_status_finds_the_socket_through_the_config_file(
+    control: ServerThread, tmp_path: Path
+) -> None:
+    config = tmp_path / "fieldsync.toml"
+    config.write_text(f'control_socket = "{control.server.path}"\n[databases.a]\npath = "a"\n')
+    env = {k: v for k, v in os.environ.items() if k != "FIELDSYNC_CONTROL_SOCKET"}
+    result = subprocess.run(
+        [sys.executable, "-m", "fieldsync", "status"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**env, "FIELDSYNC_CONFIG": str(config)},
+    )
+    assert result.returncode == 0, result.stderr

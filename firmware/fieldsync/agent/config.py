@@ -30,7 +30,7 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 _DB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_$()+\-]{0,99}$")
 _COLLECTION_PART = re.compile(r"^[A-Za-z0-9\-][A-Za-z0-9_%\-]{0,250}$")
 _SERVICE_TYPE = re.compile(r"^_[A-Za-z0-9](?:[A-Za-z0-9\-]{0,13}[A-Za-z0-9])?\._(?:tcp|udp)$")
-_ALIAS = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+_ALIAS = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+\-]{0,127}$")  # keystore aliases
 _IFNAME_MAX = 15  # IFNAMSIZ - 1
 _SUN_PATH_MAX = 107
 
@@ -232,8 +232,8 @@ class _Parser:
         if not _ALIAS.match(identity):
             raise ConfigError(
                 "listener.identity",
-                f"{identity!r} is not a usable alias (letters, digits, '_', '.', '-'; "
-                "at most 64 characters)",
+                f"{identity!r} is not a keystore alias (1-128 characters from A-Z a-z 0-9 "
+                ". _ @ + -, starting with a letter or digit)",
             )
         return ListenerSettings(
             interface=interface,

@@ -373,24 +373,13 @@ class Agent:
         return auth.ListenerPasswordAuthenticator.from_users(config.password_hashes())
 
     def _tls_status(self, listener: Any) -> dict[str, Any] | None:
-        if not self.config.listener.tls:
-            return None
         identity = listener.tls_identity
-        fingerprint = getattr(identity, "fingerprint_sha256", None)
-        expires = getattr(identity, "expiration", None)
-        certs = getattr(identity, "certs", None) or getattr(identity, "certificates", None)
-        if certs and (fingerprint is None or expires is None):
-            from cryptography.hazmat.primitives import hashes
-
-            leaf = certs[0]
-            fingerprint = fingerprint or leaf.fingerprint(hashes.SHA256()).hex()
-            expires = expires or leaf.not_valid_after_utc
-        if isinstance(expires, datetime):
-            expires = expires.isoformat()
+        if not self.config.listener.tls or identity is None:
+            return None
         return {
             "alias": self.config.listener.identity,
-            "fingerprint": fingerprint,
-            "expires": expires,
+            "fingerprint": identity.fingerprint_sha256,
+            "expires": identity.expiration.isoformat(),
         }
 
     # ------------------------------------------------------------------ mDNS

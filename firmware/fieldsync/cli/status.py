@@ -15,7 +15,12 @@ import time
 from datetime import datetime
 from typing import Any, TextIO
 
-from fieldsync.agent.config import DEFAULT_CONTROL_SOCKET
+from fieldsync.agent.config import (
+    DEFAULT_CONFIG_PATH,
+    DEFAULT_CONTROL_SOCKET,
+    ConfigError,
+    load_config,
+)
 from fieldsync.agent.control import ControlError, query_status
 
 EXIT_SERVING = 0
@@ -33,8 +38,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument(
         "--socket",
-        default=os.environ.get("FIELDSYNC_CONTROL_SOCKET", str(DEFAULT_CONTROL_SOCKET)),
-        help="the agent's control socket (default: %(default)s)",
+        help="the agent's control socket (default: $FIELDSYNC_CONTROL_SOCKET, else "
+        "control_socket from the agent's configuration file, else "
+        f"{DEFAULT_CONTROL_SOCKET})",
     )
     parser.add_argument("--json", action="store_true", help="print the raw status document")
     parser.add_argument(
@@ -49,9 +55,26 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def run(args: argparse.Namespace) -> int:
+    socket_path = args.socket or default_socket_path()
     if args.watch is None:
-        return show_once(args.socket, as_json=args.json, out=sys.stdout, err=sys.stderr)
-    return watch(args.socket, args.watch, as_json=args.json)
+        return show_once(socket_path, as_json=args.json, out=sys.stdout, err=sys.stderr)
+    return watch(socket_path, args.watch, as_json=args.json)
+
+
+def default_socket_path(environ: dict[str, str] | None = None) -> str:
+    """Where the agent's control socket is, when ``--socket`` is not given.
+
+    ``$FIELDSYNC_CONTROL_SOCKET``, else ``control_socket`` from the agent's configuration file
+    (``$FIELDSYNC_CONFIG`` or the default path) when that file can be read, else the default.
+    """
+    env = os.environ if environ is None else environ
+    if env.get("FIELDSYNC_CONTROL_SOCKET"):
+        return env["FIELDSYNC_CONTROL_SOCKET"]
+    try:
+        config = load_config(env.get("FIELDSYNC_CONFIG") or DEFAULT_CONFIG_PATH)
+    except ConfigError:
+        return str(DEFAULT_CONTROL_SOCKET)
+    return str(config.control_socket)
 
 
 def show_once(socket_path: str, *, as_json: bool, out: TextIO, err: TextIO) -> int:
