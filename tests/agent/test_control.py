@@ -423,6 +423,12 @@ def test_format_bytes() -> None:
     assert format_bytes(48_200) == "48.2 kB"
     assert format_bytes(3_200_000) == "3.2 MB"
     assert format_bytes(5e12) == "5000.0 GB"
+    assert format_bytes(None) == "?"
+
+
+def test_connections_without_byte_counts(document: dict[str, Any]) -> None:
+    document["connections"][0].update(bytes_in=None, bytes_out=None)
+    assert "in 12 docs  out 3 docs  busy" in format_status(document)
 
 
 def test_default_socket_path(tmp_path: Path) -> None:

@@ -415,6 +415,7 @@ class Agent:
             if self._mdns_error != str(exc):
                 self._record_error(f"mDNS advertisement failed: {exc}")
             self._mdns_error = str(exc)
+            self._schedule_retry()
             return
         self._mdns_error = None
 
@@ -497,29 +498,21 @@ class Agent:
             return []
         result = []
         for info in self._listener.connections():
-            stats = getattr(info, "stats", None)
-
-            def field(name: str, default: Any = 0, info: Any = info, stats: Any = stats) -> Any:
-                if hasattr(info, name):
-                    return getattr(info, name)
-                return getattr(stats, name, default)
-
-            since = field("since", None)
-            if since is None:
-                since = getattr(info, "connected_at", None)
-            if isinstance(since, int | float):
-                since = datetime.fromtimestamp(since, UTC).isoformat(timespec="seconds")
+            stats = info.stats
             result.append(
                 {
-                    "peer": field("peer", ""),
-                    "user": field("user", None),
-                    "database": field("database", None),
-                    "since": since,
-                    "docs_in": field("docs_in"),
-                    "docs_out": field("docs_out"),
-                    "bytes_in": field("bytes_in"),
-                    "bytes_out": field("bytes_out"),
-                    "busy": bool(field("busy", False)),
+                    "peer": info.peer,
+                    "user": info.user,
+                    "database": info.database,
+                    "since": datetime.fromtimestamp(info.connected_at, UTC).isoformat(
+                        timespec="seconds"
+                    ),
+                    "docs_in": stats.docs_in,
+                    "docs_out": stats.docs_out,
+                    # byte counts appear once the listener's stats keep them
+                    "bytes_in": getattr(stats, "bytes_in", None),
+                    "bytes_out": getattr(stats, "bytes_out", None),
+                    "busy": bool(info.busy),
                 }
             )
         return result

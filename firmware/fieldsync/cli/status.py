@@ -174,8 +174,8 @@ def format_status(document: dict[str, Any], *, colour: bool = False) -> str:
         busy = paint.busy("busy") if conn.get("busy") else "idle"
         lines.append(
             f"    {conn.get('peer')}  {conn.get('user') or '-'}  since {conn.get('since')}  "
-            f"in {conn.get('docs_in', 0)} docs/{format_bytes(conn.get('bytes_in', 0))}  "
-            f"out {conn.get('docs_out', 0)} docs/{format_bytes(conn.get('bytes_out', 0))}  {busy}"
+            f"in {_traffic(conn.get('docs_in'), conn.get('bytes_in'))}  "
+            f"out {_traffic(conn.get('docs_out'), conn.get('bytes_out'))}  {busy}"
         )
     errors = document.get("recent_errors") or []
     if errors:
@@ -206,13 +206,20 @@ def format_duration(seconds: float) -> str:
 
 
 def format_bytes(count: Any) -> str:
-    """``512 B``, ``1.5 kB``, ``3.2 MB`` (decimal units)."""
-    value = float(count or 0)
+    """``512 B``, ``1.5 kB``, ``3.2 MB`` (decimal units); ``?`` when unknown."""
+    if count is None:
+        return "?"
+    value = float(count)
     for unit in ("B", "kB", "MB", "GB"):
         if value < 1000 or unit == "GB":
             return f"{int(value)} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1000
     return f"{value:.1f} GB"
+
+
+def _traffic(docs: Any, size: Any) -> str:
+    text = f"{docs or 0} docs"
+    return text if size is None else f"{text}/{format_bytes(size)}"
 
 
 def _use_colour(stream: TextIO) -> bool:
