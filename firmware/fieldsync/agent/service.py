@@ -103,8 +103,8 @@ class Agent:
         try:
             try:
                 await self._start()
-            except (AgentError, control.ControlError) as exc:
-                log.error("%s", exc)
+            except AgentError as exc:
+                log.error("cannot start: %s", exc)
                 return 1
             self.notifier.ready(self._status_line())
             self.notifier.start_watchdog()
@@ -162,9 +162,21 @@ class Agent:
     async def _start(self) -> None:
         _apply_log_level(self.config.log_level)
         self._control = ControlServer(self.config.control_socket, self.status)
-        await self._control.start()
+        try:
+            await self._control.start()
+        except control.ControlError as exc:
+            self._control = None
+            raise AgentError(exc.strerror or str(exc)) from None
+        except OSError as exc:
+            self._control = None
+            raise AgentError(
+                f"control socket {self.config.control_socket}: {exc.strerror or exc}"
+            ) from None
         self._open_databases(self.config.databases)
-        await self._start_watcher()
+        try:
+            await self._start_watcher()
+        except OSError as exc:
+            raise AgentError(f"cannot watch network interfaces (rtnetlink): {exc}") from None
         await self._reconcile()
 
     async def _shutdown(self) -> None:
