@@ -44,6 +44,8 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_COLLECTION = "_default._default"
+# How long wait() lets LiteCore's status callback catch up with c4repl_getStatus (seconds).
+CALLBACK_GRACE = 2.0
 
 # -- C structures (layouts from LiteCore 3.2's C/include and vendor/fleece/API) -------------------
 
@@ -414,6 +416,13 @@ class LiteCore:
         self.path = path
         self.lib = ctypes.CDLL(str(path))
         _declare(self.lib)
+        # Couchbase Lite registers LiteCore's built-in WebSocket client at startup; so do we.
+        # (Needs a library that includes LiteCoreWebSocket and exports this symbol.)
+        self.has_websocket = hasattr(self.lib, "C4RegisterBuiltInWebSocket")
+        if self.has_websocket:
+            self.lib.C4RegisterBuiltInWebSocket.restype = None
+            self.lib.C4RegisterBuiltInWebSocket.argtypes = []
+            self.lib.C4RegisterBuiltInWebSocket()
         self._log_callback: Any = None
         self._log_file: Any = None
         self._log_lock = threading.Lock()
@@ -657,14 +666,26 @@ class LiteDatabase:
             self.lc.raise_error(f"c4coll_getDoc({doc_id})", err)
         return doc
 
-    def _save_revision(self, doc_id: str, collection: str, body: bytes, flags: int) -> str:
+    def _encode_json(self, body: Mapping[str, Any]) -> bytes:
+        """JSON -> Fleece with the database's shared keys (needs an open transaction)."""
+        err = C4Error()
+        js = json.dumps(body).encode()
+        encoded = self.lc.take(self.lib.c4db_encodeJSON(self.handle, _slice(js), byref(err)))
+        if not encoded and err.code:
+            self.lc.raise_error("c4db_encodeJSON", err)
+        return encoded
+
+    def _save_revision(
+        self, doc_id: str, collection: str, body: Mapping[str, Any] | None, flags: int
+    ) -> str:
         coll = self.collection_handle(collection)
         with self.transaction():
+            encoded = self._encode_json(body) if body is not None else b""
             doc = self._get_doc(coll, doc_id, kDocGetCurrentRev)
             try:
                 err = C4Error()
                 if doc.contents.flags & kDocExists:
-                    new = self.lib.c4doc_update(doc, _slice(body), flags, byref(err))
+                    new = self.lib.c4doc_update(doc, _slice(encoded), flags, byref(err))
                     action = "c4doc_update"
                 else:
                     if flags & kRevDeleted:
@@ -673,7 +694,7 @@ class LiteDatabase:
                         )
                     idb = doc_id.encode()
                     new = self.lib.c4coll_createDoc(
-                        coll, _slice(idb), _slice(body), flags, byref(err)
+                        coll, _slice(idb), _slice(encoded), flags, byref(err)
                     )
                     action = "c4coll_createDoc"
                 if not new:
@@ -688,17 +709,12 @@ class LiteDatabase:
         self, doc_id: str, body: Mapping[str, Any], collection: str = DEFAULT_COLLECTION
     ) -> str:
         """Create or update a document (a new revision on the current one); returns its revID."""
-        err = C4Error()
-        js = json.dumps(body).encode()
-        encoded = self.lc.take(self.lib.c4db_encodeJSON(self.handle, _slice(js), byref(err)))
-        if not encoded and err.code:
-            self.lc.raise_error(f"c4db_encodeJSON({doc_id})", err)
         flags = kRevHasAttachments if _contains_blob(body) else 0
-        return self._save_revision(doc_id, collection, encoded, flags)
+        return self._save_revision(doc_id, collection, body, flags)
 
     def delete(self, doc_id: str, collection: str = DEFAULT_COLLECTION) -> str:
         """Delete (tombstone) a document; returns the tombstone's revID."""
-        return self._save_revision(doc_id, collection, b"", kRevDeleted)
+        return self._save_revision(doc_id, collection, None, kRevDeleted)
 
     def purge(self, doc_id: str, collection: str = DEFAULT_COLLECTION) -> None:
         err = C4Error()
@@ -785,12 +801,8 @@ class LiteDatabase:
     ) -> str:
         """Resolve a conflict (``c4doc_resolveConflict``) and save; returns the new revID."""
         coll = self.collection_handle(collection)
-        merged = b""
-        if merged_body is not None:
-            err = C4Error()
-            js = json.dumps(merged_body).encode()
-            merged = self.lc.take(self.lib.c4db_encodeJSON(self.handle, _slice(js), byref(err)))
         with self.transaction():
+            merged = self._encode_json(merged_body) if merged_body is not None else b""
             doc = self._get_doc(coll, doc_id, kDocGetAll)
             try:
                 err = C4Error()
@@ -908,6 +920,14 @@ class LiteDatabase:
         LiteCore's retry count on transient errors (0 here, so failures end the run; None =
         LiteCore's default). ``client_cert``: (certificate, private key), PEM or DER.
         """
+        if not self.lc.has_websocket:
+            raise LiteCoreError(
+                "replicator",
+                LITECORE_DOMAIN,
+                2,
+                f"{self.lc.path} has no built-in WebSocket client (C4RegisterBuiltInWebSocket is "
+                "not exported): link LiteCore's LiteCoreWebSocket objects into it",
+            )
         options: dict[str, Any] = {}
         if pinned_cert_pem is not None:
             options["pinnedCert"] = _to_der(pinned_cert_pem)
@@ -1123,29 +1143,46 @@ class LiteReplicator:
             return status.level in ("offline", "stopped")
         raise ValueError(f"until must be 'stopped', 'idle' or 'offline', not {until!r}")
 
+    def _settled(self, until: str) -> bool:
+        """True once LiteCore's status callback has also reported the state ``until`` asked for.
+
+        The callback comes after the per-document notifications, so ``documents_ended`` is
+        complete by then.
+        """
+        with self._state.lock:
+            history = list(self._state.statuses)
+        return any(self._done(until, s) for s in history[-1:])
+
     def wait(self, until: str = "stopped", timeout: float = 30.0) -> ReplicatorStatus:
         """Block until the replicator reaches ``until``; TimeoutError (with status) if not."""
         deadline = time.monotonic() + timeout
         state = self._state
         assert state.changed is not None
+        reached_at: float | None = None
         while True:
             status = self.status
+            now = time.monotonic()
             if self._done(until, status):
-                return status
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
+                reached_at = reached_at or now
+                if self._settled(until) or now - reached_at > CALLBACK_GRACE:
+                    return status
+            if now >= deadline:
                 raise TimeoutError(f"replicator not {until} after {timeout}s: {status}")
             with state.changed:
-                state.changed.wait(min(remaining, 0.05))
+                state.changed.wait(min(deadline - now, 0.05))
 
     async def wait_async(self, until: str = "stopped", timeout: float = 30.0) -> ReplicatorStatus:
         """``wait`` for use inside an event loop (polls, never blocks the loop)."""
         deadline = time.monotonic() + timeout
+        reached_at: float | None = None
         while True:
             status = self.status
+            now = time.monotonic()
             if self._done(until, status):
-                return status
-            if time.monotonic() >= deadline:
+                reached_at = reached_at or now
+                if self._settled(until) or now - reached_at > CALLBACK_GRACE:
+                    return status
+            if now >= deadline:
                 raise TimeoutError(f"replicator not {until} after {timeout}s: {status}")
             await asyncio.sleep(0.02)
 

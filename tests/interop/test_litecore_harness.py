@@ -112,6 +112,9 @@ def test_replicator_reports_connection_refused(phone: LiteDatabase) -> None:
     with phone.replicator(f"ws://127.0.0.1:{port}/nowhere", max_retries=0) as repl:
         repl.start()
         status = repl.wait("stopped", timeout=30)
+        # LiteCore's status callback (a struct passed by value through ctypes) saw the end too.
+        assert repl.status_history[-1].level == "stopped"
+        assert repl.status_history[-1].error == status.error
     assert status.error, status
     refused = {
         (POSIX_DOMAIN, errno.ECONNREFUSED),
