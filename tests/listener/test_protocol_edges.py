@@ -174,3 +174,27 @@ async def test_get_attachment_only_for_blobs_sent_on_the_connection(served) -> N
     async with RawClient(served[0]) as session:
         reply = await session.request("getAttachment", {"digest": digest})
         assert reply.error_code == 403
+
+
+async def test_caught_up_changes_comes_after_the_backlog(served) -> None:
+    """LiteCore ends a one-shot pull at the first empty ``changes``: it must come last."""
+    _, db = served
+    for i in range(450):
+        db.default_collection.save_document(f"d{i}", {"i": i})
+    async with RawClient(served[0]) as session:
+        seen: list[int] = []
+        done = asyncio.Event()
+
+        def on_changes(request) -> None:
+            entries = request.json()
+            seen.append(len(entries))
+            if entries:
+                request.respond({}, b"[]")  # want none of them
+            else:
+                done.set()
+
+        session.register("changes", on_changes)
+        reply = await session.request("subChanges", {"batch": "200"})
+        assert not reply.is_error
+        await asyncio.wait_for(done.wait(), 10)
+    assert seen == [200, 200, 50, 0]

@@ -119,7 +119,7 @@ class Pusher:
                 if changes:
                     last = changes[-1].sequence
                     await self._lists.acquire()
-                    self._spawn(self._announce(changes))
+                    self._spawn(self._await_reply(changes, self._announce(changes)))
                     continue
                 if not announced_caught_up:
                     announced_caught_up = True
@@ -178,34 +178,42 @@ class Pusher:
 
     # -- announcing ---------------------------------------------------------------------------
 
-    async def _announce(self, changes: list[Change]) -> None:
+    def _announce(self, changes: list[Change]) -> asyncio.Future[IncomingResponse]:
+        """Send one change list now (so it goes out before any later message, such as the
+        empty caught-up list) and return the future of its reply."""
+        for change in changes:
+            self.tracker.add(change.sequence)
+        self._stats.in_flight += len(changes)
+        if self._options.propose:
+            entries = [
+                decisions.proposed_entry(
+                    c.doc_id, c.rev_id, self._options.remote_revs.get(c.doc_id), c.body_size
+                )
+                for c in changes
+            ]
+            properties = {"conflictIncludesRev": "true"}
+            profile = PROPOSE_CHANGES
+        else:
+            entries = [
+                decisions.changes_entry(c.sequence, c.doc_id, c.rev_id, c.deleted, c.body_size)
+                for c in changes
+            ]
+            properties = {}
+            profile = CHANGES
+        future = self._session.send_nowait(
+            profile,
+            with_collection(properties, self._index),
+            encode_json(entries),
+            urgent=True,
+            compressed=True,
+        )
+        assert future is not None
+        return future
+
+    async def _await_reply(
+        self, changes: list[Change], future: asyncio.Future[IncomingResponse]
+    ) -> None:
         try:
-            for change in changes:
-                self.tracker.add(change.sequence)
-            self._stats.in_flight += len(changes)
-            if self._options.propose:
-                entries = [
-                    decisions.proposed_entry(
-                        c.doc_id, c.rev_id, self._options.remote_revs.get(c.doc_id), c.body_size
-                    )
-                    for c in changes
-                ]
-                properties = {"conflictIncludesRev": "true"}
-                profile = PROPOSE_CHANGES
-            else:
-                entries = [
-                    decisions.changes_entry(c.sequence, c.doc_id, c.rev_id, c.deleted, c.body_size)
-                    for c in changes
-                ]
-                properties = {}
-                profile = CHANGES
-            future = self._session.send_nowait(
-                profile,
-                with_collection(properties, self._index),
-                encode_json(entries),
-                urgent=True,
-                compressed=True,
-            )
             reply = await future
         except BaseException:
             self._stats.in_flight -= len(changes)
