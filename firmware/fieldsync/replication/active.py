@@ -94,6 +94,8 @@ class ReplicatorResult:
     conflicts: list[tuple[str, str]]
     errors: int
     last_error: str
+    bytes_sent: int = 0
+    bytes_received: int = 0
 
 
 class _CollectionState:
@@ -184,6 +186,7 @@ class Replicator:
             raise ReplicationError(f"cannot connect to {endpoint}: {exc}") from exc
         session = BLIPSession(websocket, name=self.config.url)
         self._session = session
+        self.stats.byte_counter = session.protocol
         reader = asyncio.get_running_loop().create_task(session.run())
         notifier = ChangeNotifier(self.config.database)
         notifier.acquire()
@@ -207,6 +210,8 @@ class Replicator:
             self._conflicts,
             self.stats.errors,
             self.stats.last_error,
+            self.stats.bytes_out,
+            self.stats.bytes_in,
         )
 
     async def _replicate(

@@ -12,11 +12,6 @@ from typing import Any
 DELTA_BASE_UNKNOWN = 30
 CORRUPT_DELTA = 31
 
-#: LiteCore only sends a delta for bodies at least this big, and only when the delta is at most
-#: this fraction of the body.
-MIN_BODY_SIZE_FOR_DELTA = 200
-MAX_DELTA_RATIO = 1.2
-
 
 def is_delta_error(domain: str | None, code: int | None) -> bool:
     """True for the error replies after which the sender should retry without a delta."""
@@ -50,21 +45,17 @@ def apply_received_delta(collection: Any, doc_id: str, base_rev_id: str, delta: 
 
 
 def make_delta_encoder() -> Any:
-    """A Pusher delta encoder: delta against the newest known ancestor whose body we still have."""
+    """A Pusher delta encoder: a delta against the newest ancestor the peer has and whose body
+    we still keep, when LiteCore's rule says it pays (see ``fieldsync.delta.revision_delta``)."""
+    from fieldsync.delta import revision_delta
 
     def encode(collection: Any, doc_id: str, body: bytes, known: list[str]) -> Any:
-        if len(body) < MIN_BODY_SIZE_FOR_DELTA:
-            return None
-        from fieldsync.delta import create_delta_json
-
         for base_rev_id in known:
             base = collection.get_revision(doc_id, base_rev_id)
-            if base is None or base.body is None:
+            if base is None or base.body is None or base.deleted:
                 continue
-            delta = create_delta_json(base.body, body)
-            if delta is None or len(delta) > len(body) * MAX_DELTA_RATIO:
-                return None
-            return base_rev_id, delta
+            delta = revision_delta(base.body, body)
+            return None if delta is None else (base_rev_id, delta)
         return None
 
     return encode

@@ -65,6 +65,7 @@ class PassiveReplicator:
         self._read_only = read_only
         self._delta_sync = enable_delta_sync
         self.stats = stats or ReplicationStats()
+        self.stats.byte_counter = session.protocol
         self._router: CollectionRouter[Any] = CollectionRouter(
             collections.get("_default._default"), collections
         )

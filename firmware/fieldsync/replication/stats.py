@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass
@@ -20,6 +21,16 @@ class ReplicationStats:
     pulling: bool = False
     in_flight: int = 0
     last_error: str = ""
+    #: Where byte counts come from (the BLIP protocol object, with bytes_sent/bytes_received).
+    byte_counter: Any = field(default=None, repr=False)
+
+    @property
+    def bytes_in(self) -> int:
+        return getattr(self.byte_counter, "bytes_received", 0)
+
+    @property
+    def bytes_out(self) -> int:
+        return getattr(self.byte_counter, "bytes_sent", 0)
 
     @property
     def busy(self) -> bool:
