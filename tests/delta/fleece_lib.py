@@ -109,7 +109,8 @@ class Fleece:
             raise FleeceError("FLValue_FromData", -1)
         text = self._take(self._lib.FLValue_ToJSON(value))
         assert text is not None
-        return json.loads(text)
+        # A buggy string delta can leave invalid UTF-8 behind; keep it visible, don't crash.
+        return json.loads(text.decode("utf-8", "surrogateescape"))
 
 
 class _Doc:
