@@ -19,6 +19,7 @@ from fieldsync.delta import (
     create_string_ops,
     json_equal,
 )
+from fieldsync.delta.textdiff import DELETE, EQUAL, INSERT, diff_texts
 
 
 def _settings(examples: int) -> Any:
@@ -105,3 +106,13 @@ def test_json_bytes_round_trip(pair: tuple[Any, Any]) -> None:
 def test_json_equal_agrees_with_canonical_form(a: Any, b: Any) -> None:
     assert json_equal(a, b) == (canon(a) == canon(b))
     assert json_equal(a, copy.deepcopy(a))
+
+
+@_settings(100)
+@given(edited_texts(), st.sampled_from([None, 0.25, 1e-9]))
+def test_text_diff_reconstructs_both_texts(pair: tuple[str, str], timeout: float | None) -> None:
+    old, new = (t.encode() for t in pair)
+    diffs = diff_texts(old, new, timeout)
+    assert b"".join(t for op, t in diffs if op != INSERT) == old
+    assert b"".join(t for op, t in diffs if op != DELETE) == new
+    assert all(op in (DELETE, EQUAL, INSERT) for op, _ in diffs)

@@ -12,10 +12,12 @@ A delta is itself a JSON value (Fleece ``Deltas.md``):
 * For compatibility Fleece also applies JsonDiffPatch's ``[old, new]`` (replace) and
   ``[old, 0, 0]`` (delete); it never creates them, nor does this module.
 
-:func:`create_delta` writes the same deltas Fleece's ``JSONDelta::create`` does (as LiteCore
-calls it: strings of 60+ bytes may be diffed, 0.25 s diff budget), except that object keys come
-out in the new object's order followed by deleted keys (Fleece: sorted). Numbers and booleans are
-compared type-aware, so ``1`` -> ``1.0`` and ``1`` -> ``true`` are changes.
+:func:`create_delta` writes the same deltas as Fleece's ``JSONDelta::create`` as LiteCore calls
+it (``FLCreateJSONDelta``: strings of 60+ UTF-8 bytes may be diffed, 0.25 s diff budget). Keys
+come in the new object's order, then deleted keys (Fleece: its own dict order, then deleted
+keys). Like Fleece, values are compared type-aware: ``1`` -> ``1.0`` and ``1`` -> ``true`` are
+changes. Unlike Fleece, a string delta that would not reproduce the new string (an upstream bug,
+see :mod:`.stringdelta`) is never emitted; the string is sent whole instead.
 
 :func:`revision_delta` adds LiteCore's rule for when a delta is worth sending at all.
 """
@@ -65,12 +67,12 @@ class _Marker:
 
 
 _KIND_NAMES = {
-    dict: "object",
-    list: "array",
-    str: "string",
-    bool: "boolean",
-    int: "number",
-    float: "number",
+    dict: "an object",
+    list: "an array",
+    str: "a string",
+    bool: "a boolean",
+    int: "a number",
+    float: "a number",
     type(None): "null",
 }
 
@@ -190,7 +192,7 @@ def _apply(old: Any, delta: Any, path: str) -> Any:
             return _patch_list(old, delta, path)
         if not delta:
             return old
-        raise DeltaError(f"{path}: object delta applied to a {_kind_name(old)}")
+        raise DeltaError(f"{path}: object delta applied to {_kind_name(old)}")
     if delta is None or isinstance(delta, bool | int | float | str):
         return _copy(delta, path)
     raise DeltaError(f"{path}: delta holds a {type(delta).__name__}, which is not JSON")
