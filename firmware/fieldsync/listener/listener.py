@@ -154,6 +154,7 @@ class URLEndpointListener:
                 max_size=None,
                 ping_interval=60,
                 ping_timeout=60,
+                close_timeout=2,
                 server_header="fieldsync",
             )
         except BaseException:
