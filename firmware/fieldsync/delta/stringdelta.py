@@ -48,7 +48,12 @@ def create_string_ops(
     min_length: int = DEFAULT_MIN_STRING_DIFF_LENGTH,
     timeout: float | None = DEFAULT_TEXT_DIFF_TIMEOUT,
 ) -> str | None:
-    """Return the Fleece ops string turning ``old`` into ``new``, or None if not worth it."""
+    """Return the Fleece ops string turning ``old`` into ``new``, or None if not worth it.
+
+    None when ``new`` is shorter than ``min_length`` UTF-8 bytes, when the ops would not be
+    clearly smaller than ``new``, or when Fleece's algorithm would produce wrong ops.
+    ``timeout`` in seconds; None or <= 0 means unbounded (and no half-match shortcut).
+    """
     old_b = old.encode("utf-8", "surrogatepass")
     new_b = new.encode("utf-8", "surrogatepass")
     if len(new_b) < min_length or old_b == new_b:
