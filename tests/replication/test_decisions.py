@@ -26,7 +26,7 @@ class FakeCollection:
             return 409, revs[0]
         return 0, None
 
-    def find_known_revisions(self, doc_id, rev_id, *, max_ancestors=20):
+    def find_known_revisions(self, doc_id, rev_id, *, max_ancestors=20, require_bodies=False):
         revs = self.docs.get(doc_id, [])
         return rev_id in revs, revs[:max_ancestors]
 

@@ -165,7 +165,8 @@ async def test_unknown_base_and_corrupt_delta_get_the_errors_litecore_retries_on
                 },
                 b'{"reading":5}',
             )
-            assert (unknown.error_domain, unknown.error_code) == ("LiteCore", 30)
+            assert (unknown.error_domain, unknown.error_code) == ("HTTP", 422)
+            assert "not available" in unknown.error_message
             corrupt = await session.request(
                 "rev",
                 {
@@ -176,7 +177,8 @@ async def test_unknown_base_and_corrupt_delta_get_the_errors_litecore_retries_on
                 },
                 b'{"log": [1, 2, 3, 4, 5], "title": {"x": 1}}',
             )
-            assert (corrupt.error_domain, corrupt.error_code) == ("LiteCore", 31)
+            assert (corrupt.error_domain, corrupt.error_code) == ("HTTP", 422)
+            assert "cannot apply delta" in corrupt.error_message
     finally:
         await listener.stop()
     assert coll.get_document("doc").rev_id == base.rev_id
@@ -255,3 +257,35 @@ async def test_replicators_use_deltas_both_ways_and_save_bytes(tmp_path, device)
     finally:
         await listener.stop()
         phone.close()
+
+
+async def test_a_refused_delta_is_resent_in_full(device) -> None:
+    coll = device.default_collection
+    first = coll.save_document("doc", BIG)
+    coll.save_document("doc", {**BIG, "reading": 2})
+    listener = await _served(device, delta=True)
+    received: list[tuple[dict, bytes]] = []
+    full = asyncio.Event()
+    try:
+        async with Raw(listener) as session:
+
+            def on_changes(request) -> None:
+                if not request.no_reply:
+                    request.respond({"deltas": "true"}, json.dumps([[first.rev_id]]).encode())
+
+            def on_rev(request) -> None:
+                received.append((dict(request.properties), request.body))
+                if "deltaSrc" in request.properties:
+                    request.respond_error("HTTP", 422, "Invalid delta")
+                else:
+                    request.respond()
+                    full.set()
+
+            session.register("changes", on_changes)
+            session.register("rev", on_rev)
+            await session.request("subChanges", {})
+            await asyncio.wait_for(full.wait(), 10)
+    finally:
+        await listener.stop()
+    assert ["deltaSrc" in props for props, _ in received] == [True, False]
+    assert json.loads(received[1][1]) == {**BIG, "reading": 2}

@@ -21,7 +21,7 @@ class RevisionLookup(Protocol):
     ) -> tuple[int, str | None]: ...
 
     def find_known_revisions(
-        self, doc_id: str, rev_id: str, *, max_ancestors: int = 20
+        self, doc_id: str, rev_id: str, *, max_ancestors: int = 20, require_bodies: bool = False
     ) -> tuple[bool, list[str]]: ...
 
 
@@ -117,17 +117,26 @@ def answer_proposed_changes(
 
 
 def answer_changes(
-    collection: RevisionLookup, changes: Sequence[AnnouncedChange], *, max_ancestors: int = 20
+    collection: RevisionLookup,
+    changes: Sequence[AnnouncedChange],
+    *,
+    max_ancestors: int = 20,
+    require_bodies: bool = False,
 ) -> tuple[list[Any], list[int]]:
     """The ``changes`` reply and the indexes of the revisions asked for.
 
-    Per entry: a list of known ancestor revIDs (send it) or 0 (already have it).
+    Per entry: a list of known ancestor revIDs (send it) or 0 (already have it). With
+    ``require_bodies`` (delta sync) only ancestors whose body is kept are listed, since only those
+    can be delta sources.
     """
     answers: list[Any] = []
     wanted: list[int] = []
     for index, change in enumerate(changes):
         have, ancestors = collection.find_known_revisions(
-            change.doc_id, change.rev_id, max_ancestors=max_ancestors
+            change.doc_id,
+            change.rev_id,
+            max_ancestors=max_ancestors,
+            require_bodies=require_bodies,
         )
         if have:
             answers.append(0)

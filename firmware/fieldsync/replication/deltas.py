@@ -8,9 +8,12 @@ from __future__ import annotations
 
 from typing import Any
 
-#: LiteCore error codes (C4ErrorCode) for delta failures, sent in the "LiteCore" domain.
-DELTA_BASE_UNKNOWN = 30
-CORRUPT_DELTA = 31
+#: LiteCore error codes (C4ErrorCode) for delta failures. On the wire LiteCore sends both as
+#: HTTP 422, and retries without a delta on HTTP/422, LiteCore/31 or LiteCore/32.
+DELTA_BASE_UNKNOWN = 31
+CORRUPT_DELTA = 32
+DELTA_ERROR_DOMAIN = "HTTP"
+DELTA_ERROR_STATUS = 422
 
 
 def is_delta_error(domain: str | None, code: int | None) -> bool:

@@ -16,7 +16,12 @@ from typing import Any
 
 from fieldsync.blip import BLIPSession, IncomingRequest
 from fieldsync.replication import decisions
-from fieldsync.replication.deltas import DeltaApplyError, apply_received_delta
+from fieldsync.replication.deltas import (
+    DELTA_ERROR_DOMAIN,
+    DELTA_ERROR_STATUS,
+    DeltaApplyError,
+    apply_received_delta,
+)
 from fieldsync.replication.inserter import Inserter
 from fieldsync.replication.messages import (
     DEFAULT_MAX_HISTORY,
@@ -112,7 +117,9 @@ class Puller:
             log.warning("ignoring a pointless NoReply 'changes' list from %s", self._session.name)
             return []
         try:
-            answers, wanted = decisions.answer_changes(collection, changes)
+            answers, wanted = decisions.answer_changes(
+                collection, changes, require_bodies=self._accept_deltas
+            )
         except InvalidInput as exc:
             request.respond_error("BLIP", 400, str(exc))
             return []
@@ -186,7 +193,7 @@ class Puller:
                 body = apply_received_delta(collection, doc_id, delta_source, body)
             except DeltaApplyError as exc:
                 log.info("%s: %s; asking for the full body", self._session.name, exc.message)
-                request.respond_error("LiteCore", exc.code, exc.message)
+                request.respond_error(DELTA_ERROR_DOMAIN, DELTA_ERROR_STATUS, exc.message)
                 return
         try:
             document = json.loads(body)
