@@ -154,6 +154,12 @@ def litecore(tmp_path_factory: pytest.TempPathFactory) -> LiteCore:
 
 
 @pytest.fixture
+def litecore_log(litecore: LiteCore) -> Path | None:
+    """The file LiteCore's log goes to in this test (None if logging went elsewhere)."""
+    return _log_path
+
+
+@pytest.fixture
 def phone(litecore: LiteCore, tmp_path: Path) -> Iterator[LiteDatabase]:
     """A fresh LiteCore database playing the phone (Couchbase Lite) side."""
     db = litecore.open_db(tmp_path / "phone", "phone")

@@ -321,6 +321,18 @@ def _as_bytes(data: bytes | str) -> bytes:
     return data.encode() if isinstance(data, str) else data
 
 
+def _key_data(key: bytes | str) -> bytes:
+    """A private key for ``clientCertKey``: DER as is, PEM with the NUL byte mbedTLS needs.
+
+    LiteCore hands this slice straight to ``mbedtls_pk_parse_key``, which only takes PEM when
+    the terminating NUL is counted in the length ("PK - Invalid key tag or value" otherwise).
+    """
+    data = _as_bytes(key)
+    if data.lstrip().startswith(b"-----BEGIN") and not data.endswith(b"\0"):
+        data += b"\0"
+    return data
+
+
 # -- the library -----------------------------------------------------------------------------------
 
 
@@ -946,7 +958,7 @@ class LiteDatabase:
             options["auth"] = {
                 "type": "Client Cert",
                 "clientCert": _to_der(cert),
-                "clientCertKey": _as_bytes(key),
+                "clientCertKey": _key_data(key),
             }
         if doc_ids is not None:
             options["docIDs"] = list(doc_ids)

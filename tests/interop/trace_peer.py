@@ -8,12 +8,16 @@ It speaks no BLIP: it only proves a client reached the WebSocket handshake and w
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import dataclass, field
 
 from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 SUBPROTOCOL = "BLIP_3+CBMobile_3"
+#: How long the peer waits for the client's first frame before closing anyway (seconds).
+FIRST_FRAME_TIMEOUT = 5.0
 
 
 @dataclass
@@ -58,6 +62,12 @@ class TracePeer:
         traced = self.requests[-1]
         self.connected.set()
         if not self.hold_open:
+            # Close only once the client has sent its first frame: LiteCore 3.2.4 crashes
+            # (null _responseTimer in WebSocketImpl::onConnect) when a close arrives while its
+            # connect thread is still finishing the handshake.
+            with contextlib.suppress(asyncio.TimeoutError, ConnectionClosed):
+                first = await asyncio.wait_for(connection.recv(), FIRST_FRAME_TIMEOUT)
+                traced.frames.append(first if isinstance(first, bytes) else first.encode())
             await connection.close(1008, "trace peer speaks no BLIP")
             traced.close_code = 1008
             return
