@@ -960,8 +960,11 @@ class LiteDatabase:
                 "clientCert": _to_der(cert),
                 "clientCertKey": _key_data(key),
             }
+        collection_options: dict[str, Any] = {}
         if doc_ids is not None:
-            options["docIDs"] = list(doc_ids)
+            # LiteCore 3.2 reads docIDs per collection (C4ReplicationCollection options); a
+            # top-level docIDs option is ignored.
+            collection_options["docIDs"] = list(doc_ids)
         if headers:
             options["headers"] = dict(headers)
         if heartbeat is not None:
@@ -978,6 +981,7 @@ class LiteDatabase:
             pull=mode if pull else kC4Disabled,
             collections=list(collections or [DEFAULT_COLLECTION]),
             options=options,
+            collection_options=collection_options,
         )
         self._replicators.append(repl)
         return repl
@@ -1006,6 +1010,7 @@ class LiteReplicator:
         pull: int,
         collections: list[str],
         options: dict[str, Any],
+        collection_options: dict[str, Any] | None = None,
     ) -> None:
         self.db = db
         self.lc = db.lc
@@ -1018,6 +1023,9 @@ class LiteReplicator:
         self._url_b = url.encode()
         self._options_b = self.lc.encode_fleece(options)
         self._spec_bytes: list[bytes] = []
+        self._collection_options_b = (
+            self.lc.encode_fleece(collection_options) if collection_options else b""
+        )
         address = C4Address()
         db_name = FLSlice()
         if not self.lib.c4address_fromURL(_slice(self._url_b), byref(address), byref(db_name)):
@@ -1029,6 +1037,7 @@ class LiteReplicator:
             array[i].collection = C4CollectionSpec(_slice(name), _slice(scope))
             array[i].push = push
             array[i].pull = pull
+            array[i].optionsDictFleece = _slice(self._collection_options_b)
         self._collections_array = array
         self._on_status = StatusChangedCallback(self._status_changed)
         self._on_docs = DocumentsEndedCallback(self._documents_ended)
