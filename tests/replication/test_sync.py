@@ -256,3 +256,25 @@ async def test_closing_the_database_stops_its_listener(url_of, tmp_path, phone_d
     with pytest.raises(Exception, match="1001"):
         await asyncio.wait_for(task, 10)
     await wait_for(lambda: server.port is None)
+
+
+async def test_live_deletion_reaches_an_active_only_continuous_pull(
+    url_of, listener, device_db, phone_db
+) -> None:
+    device = device_db.default_collection
+    device.save_document("old-tombstone", {"x": 0})
+    device.delete_document("old-tombstone")
+    device.save_document("r0", {"x": 1})
+    repl = replicator(phone_db, url_of(listener), PULL, continuous=True)  # fresh: activeOnly
+    task = asyncio.create_task(repl.run())
+    phone = phone_db.default_collection
+    try:
+        await wait_for(lambda: phone.get_document("r0") is not None)
+        assert phone.get_revision("old-tombstone") is None  # skipped in the backlog
+        device.delete_document("r0")
+        device.save_document("after", {"x": 2})
+        await wait_for(lambda: phone.get_document("after") is not None)
+        await wait_for(lambda: phone.get_document("r0") is None)
+    finally:
+        repl.stop()
+        await asyncio.wait_for(task, 10)

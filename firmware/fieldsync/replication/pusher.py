@@ -114,7 +114,9 @@ class Pusher:
                     last,
                     limit=self._options.batch_size,
                     doc_ids=self._options.doc_ids,
-                    active_only=self._options.active_only,
+                    # activeOnly skips tombstones in the initial backlog only; a deletion made
+                    # while a continuous peer watches must reach it (as LiteCore does).
+                    active_only=self._options.active_only and not announced_caught_up,
                 )
                 if changes:
                     last = changes[-1].sequence

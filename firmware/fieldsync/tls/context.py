@@ -101,32 +101,36 @@ def server_ssl_context(
 def configure_client_auth(
     ssl_context: ssl.SSLContext, authenticator: ListenerCertificateAuthenticator
 ) -> None:
-    """Make a server context require a client certificate suited to ``authenticator``.
+    """Make a server context ask for a client certificate suited to ``authenticator``.
 
-    Root-certificate mode: the roots become the context's only CAs (CERT_REQUIRED). Callback
-    mode: any certificate is accepted at the TLS level (see the module docstring), or, where that
-    is impossible, the authenticator's ``tls_roots`` are used; ClientAuthUnsupported otherwise.
-    In every mode the listener must still call ``authenticator.authenticate(chain)``.
+    Where OpenSSL can be hooked (CPython), the TLS layer asks for a certificate and accepts
+    whatever comes, and the listener decides with ``authenticator.authenticate(chain)`` on the
+    HTTP request: a refused or missing certificate gets a clear HTTP 401, which Couchbase Lite
+    reports as an authentication failure instead of retrying a reset connection forever.
+    Elsewhere the authenticator's ``tls_roots`` are the context's only CAs (CERT_REQUIRED),
+    and ClientAuthUnsupported is raised in callback mode without them.
     """
-    use_tls_roots = authenticator.callback is None or (
-        authenticator.tls_roots and not _accept_any_available()
-    )
-    if not use_tls_roots:
-        accept_any_client_certificate(ssl_context)
+    if _accept_any_available():
+        accept_any_client_certificate(ssl_context, require=False)
         return
+    if not authenticator.tls_roots:
+        raise ClientAuthUnsupported(
+            "cannot accept arbitrary client certificates in this Python; give tls_roots"
+        )
     ssl_context.load_verify_locations(cadata=_pem(authenticator.tls_roots))
     ssl_context.verify_mode = ssl.CERT_REQUIRED
 
 
-def accept_any_client_certificate(ssl_context: ssl.SSLContext) -> None:
-    """Require a client certificate but let OpenSSL accept any chain (the caller decides).
+def accept_any_client_certificate(ssl_context: ssl.SSLContext, *, require: bool = True) -> None:
+    """Ask for a client certificate (``require``: insist on one) but let OpenSSL accept any
+    chain: the caller decides.
 
     Session resumption is turned off too: a resumed session carries the client's leaf
     certificate only, and the caller must see the whole chain every time.
     Raises :class:`ClientAuthUnsupported` when the OpenSSL hook cannot be installed safely.
     """
     hook = _AcceptAnyHook.get()
-    hook.install(ssl_context)
+    hook.install(ssl_context, require=require)
     ssl_context.options |= ssl.OP_NO_TICKET
     ssl_context.num_tickets = 0
     hook.disable_session_cache(ssl_context)
@@ -297,7 +301,7 @@ class _AcceptAnyHook:
         self._ctrl.restype = ctypes.c_long
         self._callback_address = ctypes.cast(_accept_any_verify_callback, ctypes.c_void_p).value
 
-    def install(self, context: ssl.SSLContext) -> None:
+    def install(self, context: ssl.SSLContext, *, require: bool = True) -> None:
         pointer = self._pointer(context)
         context.verify_mode = ssl.CERT_OPTIONAL
         optional_ok = self._get_mode(pointer) == _SSL_VERIFY_PEER
@@ -305,7 +309,10 @@ class _AcceptAnyHook:
         required = _SSL_VERIFY_PEER | _SSL_VERIFY_FAIL_IF_NO_PEER_CERT
         if not optional_ok or self._get_mode(pointer) != required:
             raise ClientAuthUnsupported("OpenSSL context self-check failed (verify mode)")
-        self._set_verify(pointer, required, _accept_any_verify_callback)
+        if not require:
+            context.verify_mode = ssl.CERT_OPTIONAL
+        mode = required if require else _SSL_VERIFY_PEER
+        self._set_verify(pointer, mode, _accept_any_verify_callback)
         if self._get_callback(pointer) != self._callback_address:
             raise ClientAuthUnsupported("OpenSSL context self-check failed (callback)")
 
