@@ -39,11 +39,11 @@ def _require_tools(*commands: str, packages: dict[str, str] | None = None) -> No
     missing = [c for c in commands if shutil.which(c) is None]
     if missing and os.geteuid() == 0 and shutil.which("apt-get"):
         names = sorted({(packages or {}).get(c, TOOL_PACKAGES.get(c, c)) for c in missing})
-        subprocess.run(
-            ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *names],
-            capture_output=True,
-            env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
-        )
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        install = ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *names]
+        if subprocess.run(install, capture_output=True, env=env).returncode != 0:
+            subprocess.run(["apt-get", "update", "-qq"], capture_output=True, env=env)
+            subprocess.run(install, capture_output=True, env=env)
         missing = [c for c in commands if shutil.which(c) is None]
     if missing:
         pytest.skip(f"needs {', '.join(missing)} (not installed, and cannot install as non-root)")
