@@ -262,8 +262,8 @@ assemble_image() {
 	used_mib=$(( $(du -s --block-size=1M "$rootfs" | cut -f1) ))
 	root_mib=$(( (used_mib * 5 / 4 + 320 + 3) / 4 * 4 ))
 	log "image: root file system ${used_mib} MiB used -> ${root_mib} MiB partition"
-	mkfs.ext4 -q -F -L "$ROOT_LABEL" -d "$rootfs" -E root_owner=0:0 "$work/root.ext4" "${root_mib}M"
-	mkfs.ext4 -q -F -L "$KEYS_LABEL" -m 0 -E root_owner=0:0 "$work/keys.ext4" "${KEYS_MIB}M"
+	mkfs.ext4 -q -F -L "$ROOT_LABEL" -d "$rootfs" -E root_owner=0:0 "$work/root.ext4" "${root_mib}M" >/dev/null
+	mkfs.ext4 -q -F -L "$KEYS_LABEL" -m 0 -E root_owner=0:0 "$work/keys.ext4" "${KEYS_MIB}M" >/dev/null
 	debugfs -w -R 'set_inode_field / mode 040700' "$work/keys.ext4" >/dev/null 2>&1
 	rm -f "$work/boot.vfat"
 	mkfs.vfat -F 32 -n "$BOOT_LABEL" -C "$work/boot.vfat" $(( BOOT_MIB * 1024 )) >/dev/null
