@@ -278,3 +278,15 @@ async def test_live_deletion_reaches_an_active_only_continuous_pull(
     finally:
         repl.stop()
         await asyncio.wait_for(task, 10)
+
+
+async def test_repeated_updates_push_across_runs(url_of, listener, device_db, phone_db) -> None:
+    """Each run must remember which revision the peer has, also when no document is new."""
+    phone = phone_db.default_collection
+    phone.save_document("counter", {"n": 0})
+    for n in range(1, 4):
+        result = await replicator(phone_db, url_of(listener), PUSH).run()
+        assert result.docs_pushed == 1 and not result.conflicts, result
+        rev = phone.get_document("counter").rev_id
+        assert device_db.default_collection.get_document("counter").rev_id == rev
+        phone.save_document("counter", {"n": n}, expected_rev=rev)

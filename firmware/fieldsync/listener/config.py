@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 DEFAULT_PORT = 4984
@@ -33,7 +33,6 @@ class URLEndpointListenerConfiguration:
     enable_delta_sync: bool = False
     read_only: bool = False
     keystore: Any = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def served_databases(self) -> list[Any]:
         """The databases behind this listener, in order."""

@@ -115,7 +115,6 @@ class _CollectionState:
         #: The revision the remote is known to have of each document (the serverRevID to
         #: propose against), kept in the local database between runs.
         self.remote_revs: dict[str, str] = {}
-        self.remote_revs_saved = 0
 
     @property
     def remote_revs_key(self) -> str:
@@ -473,14 +472,11 @@ class Replicator:
 
     async def _save_checkpoints(self, session: BLIPSession) -> None:
         for state in self._states:
-            if len(state.remote_revs) != state.remote_revs_saved or state.saved is None:
-                self.config.database.set_local(
-                    state.remote_revs_key, encode_json(state.remote_revs)
-                )
-                state.remote_revs_saved = len(state.remote_revs)
             current = (state.push_tracker.checkpoint or None, state.pull_tracker.checkpoint)
             if current == state.saved or current == (None, None):
                 continue
+            # The peer's revisions must be on disk before a checkpoint that relies on them.
+            self.config.database.set_local(state.remote_revs_key, encode_json(state.remote_revs))
             body = state.checkpoint_body()
             properties = {"client": state.checkpoint_id}
             if state.checkpoint_rev:
