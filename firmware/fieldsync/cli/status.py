@@ -10,8 +10,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
-import time
+import threading
 from datetime import datetime
 from typing import Any, TextIO
 
@@ -96,20 +97,28 @@ def show_once(socket_path: str, *, as_json: bool, out: TextIO, err: TextIO) -> i
 
 
 def watch(socket_path: str, interval: float, *, as_json: bool) -> int:
-    """Print the status every ``interval`` seconds until Ctrl-C; returns the last exit status."""
+    """Print the status every ``interval`` seconds until Ctrl-C or SIGTERM; returns the last
+    exit status. The signals only set a flag, so an interruption never lands mid-write."""
     status = EXIT_UNREACHABLE
     clear = sys.stdout.isatty() and not as_json
+    stop = threading.Event()
+    previous = {
+        signum: signal.signal(signum, lambda *_: stop.set())
+        for signum in (signal.SIGINT, signal.SIGTERM)
+    }
     try:
-        while True:
+        while not stop.is_set():
             if clear:
                 sys.stdout.write("\x1b[H\x1b[2J")
             elif not as_json:
                 print(f"--- {datetime.now().strftime('%H:%M:%S')}")
             status = show_once(socket_path, as_json=as_json, out=sys.stdout, err=sys.stdout)
             sys.stdout.flush()
-            time.sleep(interval)
-    except KeyboardInterrupt:
-        return status
+            stop.wait(interval)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    return status
 
 
 def not_serving_reason(document: dict[str, Any]) -> str | None:
