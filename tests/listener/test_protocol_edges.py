@@ -106,9 +106,12 @@ async def test_collection_aware_mode(served) -> None:
     _, db = served
     db.create_collection("things", "s")
     async with RawClient(served[0]) as session:
-        body = {"checkpoint_ids": ["a", "b", "c"], "collections": ["_default", "s.things", "s.no"]}
+        body = {
+            "checkpoint_ids": ["a", "b", "c", "d"],
+            "collections": ["_default", "s.things", "s.no", "bad name!"],
+        }
         reply = await session.request("getCollections", {}, json.dumps(body).encode())
-        assert json.loads(reply.body) == [{}, {}, None]
+        assert json.loads(reply.body) == [{}, {}, None, None]
         without = await session.request("proposeChanges", {}, b'[["d","1-aa"]]')
         assert without.error_code == 400
         to_missing = await session.request("proposeChanges", {"collection": "2"}, b"[]")

@@ -68,11 +68,7 @@ def _open_database(args: argparse.Namespace):
 def _collections(database, names: list[str]) -> list | None:
     if not names:
         return None
-    result = []
-    for full_name in names:
-        scope, _, name = full_name.rpartition(".")
-        result.append(database.create_collection(name, scope or "_default"))
-    return result
+    return [database.collection(full_name, create=True) for full_name in names]
 
 
 def _authenticator(args: argparse.Namespace):

@@ -77,12 +77,7 @@ def sync(args: argparse.Namespace) -> int:
     from fieldsync.store.paths import default_database_path
 
     database = Database.open(args.db or default_database_path(), create=True)
-    collections = None
-    if args.collection:
-        collections = []
-        for full_name in args.collection:
-            scope, _, name = full_name.rpartition(".")
-            collections.append(database.create_collection(name, scope or "_default"))
+    collections = [database.collection(name, create=True) for name in args.collection] or None
     username = password = None
     if args.user:
         username, _, password = args.user.partition(":")

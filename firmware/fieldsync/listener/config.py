@@ -71,7 +71,7 @@ class URLEndpointListenerConfiguration:
             )
         if not isinstance(self.port, int) or not 0 <= self.port <= 65535:
             raise ListenerConfigurationError(f"port: {self.port!r} is not a port number (0-65535)")
-        if self.disable_tls and _is_certificate_authenticator(self.authenticator):
+        if self.disable_tls and is_certificate_authenticator(self.authenticator):
             raise ListenerConfigurationError(
                 "authenticator: client-certificate authentication needs TLS (disable_tls=True)"
             )
@@ -83,7 +83,8 @@ class URLEndpointListenerConfiguration:
         return None
 
 
-def _is_certificate_authenticator(authenticator: Any) -> bool:
+def is_certificate_authenticator(authenticator: Any) -> bool:
+    """Whether ``authenticator`` checks client certificates (and so needs TLS)."""
     from fieldsync.listener.auth import ListenerCertificateAuthenticator
 
     return isinstance(authenticator, ListenerCertificateAuthenticator)

@@ -22,7 +22,10 @@ from websockets.http11 import Request, Response
 
 from fieldsync.blip import BLIPSession
 from fieldsync.listener import handshake
-from fieldsync.listener.config import URLEndpointListenerConfiguration
+from fieldsync.listener.config import (
+    URLEndpointListenerConfiguration,
+    is_certificate_authenticator,
+)
 from fieldsync.listener.sockets import (
     BindTarget,
     format_url,
@@ -71,8 +74,12 @@ class _DatabaseCollections(Mapping[str, Any]):
         self._database = database
 
     def __getitem__(self, full_name: str) -> Any:
-        scope, _, name = full_name.rpartition(".")
-        collection = self._database.get_collection(name, scope or "_default")
+        from fieldsync.store import InvalidInput
+
+        try:
+            collection = self._database.collection(full_name)
+        except InvalidInput:  # a name no collection can have
+            collection = None
         if collection is None:
             raise KeyError(full_name)
         return collection
@@ -229,7 +236,7 @@ class URLEndpointListener:
             label = "listener-" + "-".join(sorted(self._databases))
             identity = TLSIdentity.anonymous_identity(label, keystore=self.config.keystore)
         authenticator = self.config.authenticator
-        client_auth = authenticator if _wants_client_certificate(authenticator) else None
+        client_auth = authenticator if is_certificate_authenticator(authenticator) else None
         return identity, server_ssl_context(identity, client_auth=client_auth)
 
     # -- the HTTP upgrade ---------------------------------------------------------------------
@@ -255,7 +262,7 @@ class URLEndpointListener:
             if not result.ok:
                 log.warning("%s: authentication failed: %s", peer, result.reason)
                 challenge: tuple[tuple[str, str], ...] = ()
-                if not _wants_client_certificate(authenticator):
+                if not is_certificate_authenticator(authenticator):
                     from fieldsync.listener.auth import BASIC_CHALLENGE
 
                     challenge = (("WWW-Authenticate", BASIC_CHALLENGE),)
@@ -330,12 +337,6 @@ class URLEndpointListener:
                 stats.errors,
                 f" (last: {stats.last_error})" if stats.last_error else "",
             )
-
-
-def _wants_client_certificate(authenticator: Any) -> bool:
-    from fieldsync.listener.auth import ListenerCertificateAuthenticator
-
-    return isinstance(authenticator, ListenerCertificateAuthenticator)
 
 
 def _peer_name(connection: ServerConnection) -> str:
