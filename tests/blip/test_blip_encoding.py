@@ -17,8 +17,15 @@ from fieldsync.blip.varint import decode_uvarint, encode_uvarint
 
 @pytest.mark.parametrize(
     ("value", "encoded"),
-    [(0, b"\x00"), (1, b"\x01"), (0x7F, b"\x7f"), (0x80, b"\x80\x01"), (300, b"\xac\x02"),
-     (0x3D, b"\x3d"), (2**64 - 1, b"\xff" * 9 + b"\x01")],
+    [
+        (0, b"\x00"),
+        (1, b"\x01"),
+        (0x7F, b"\x7f"),
+        (0x80, b"\x80\x01"),
+        (300, b"\xac\x02"),
+        (0x3D, b"\x3d"),
+        (2**64 - 1, b"\xff" * 9 + b"\x01"),
+    ],
 )
 def test_varint_known_values(value: int, encoded: bytes) -> None:
     assert encode_uvarint(value) == encoded
@@ -41,8 +48,13 @@ def test_varint_rejects_out_of_range() -> None:
 
 @pytest.mark.parametrize(
     ("data", "message"),
-    [(b"", "truncated"), (b"\x80", "truncated"), (b"\xff\xff", "truncated"),
-     (b"\xff" * 10 + b"\x01", "longer than"), (b"\xff" * 9 + b"\x7f", "exceeds 64 bits")],
+    [
+        (b"", "truncated"),
+        (b"\x80", "truncated"),
+        (b"\xff\xff", "truncated"),
+        (b"\xff" * 10 + b"\x01", "longer than"),
+        (b"\xff" * 9 + b"\x7f", "exceeds 64 bits"),
+    ],
 )
 def test_bad_varints(data: bytes, message: str) -> None:
     with pytest.raises(BLIPProtocolError, match=message):
@@ -125,8 +137,12 @@ def test_properties_first_duplicate_wins() -> None:
 
 @pytest.mark.parametrize(
     ("raw", "message"),
-    [(b"a\0b", "not NUL-terminated"), (b"a\0", "odd number"), (b"a\0b\0c\0", "odd number"),
-     (b"\xff\0b\0", "invalid UTF-8")],
+    [
+        (b"a\0b", "not NUL-terminated"),
+        (b"a\0", "odd number"),
+        (b"a\0b\0c\0", "odd number"),
+        (b"\xff\0b\0", "invalid UTF-8"),
+    ],
 )
 def test_bad_properties(raw: bytes, message: str) -> None:
     with pytest.raises(BLIPProtocolError, match=message):

@@ -60,8 +60,13 @@ def test_every_truncation_of_a_frame_is_an_error(flags: int) -> None:
 
 @pytest.mark.parametrize(
     ("frame", "message"),
-    [(b"", "empty"), (b"\x01", "truncated frame header"), (b"\x81", "truncated frame header"),
-     (b"\x01\x00", "too short for a checksum"), (b"\x01\x00\x00\x00", "too short for a checksum")],
+    [
+        (b"", "empty"),
+        (b"\x01", "truncated frame header"),
+        (b"\x81", "truncated frame header"),
+        (b"\x01\x00", "too short for a checksum"),
+        (b"\x01\x00\x00\x00", "too short for a checksum"),
+    ],
 )
 def test_truncated_frames(frame: bytes, message: str) -> None:
     with pytest.raises(BLIPProtocolError, match=message):
@@ -77,8 +82,12 @@ def test_unknown_type(msg_type: int) -> None:
 
 @pytest.mark.parametrize(
     ("header", "message"),
-    [(b"\xff" * 11, "message number"), (b"\x01" + b"\xff" * 11, "flags"),
-     (b"\xff" * 9 + b"\x7f\x00", "exceeds 64 bits"), (b"\x00\x00", "message number 0")],
+    [
+        (b"\xff" * 11, "message number"),
+        (b"\x01" + b"\xff" * 11, "flags"),
+        (b"\xff" * 9 + b"\x7f\x00", "exceeds 64 bits"),
+        (b"\x00\x00", "message number 0"),
+    ],
 )
 def test_bad_header_varints(header: bytes, message: str) -> None:
     with pytest.raises(BLIPProtocolError, match=message):

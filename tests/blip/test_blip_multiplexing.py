@@ -53,27 +53,36 @@ def test_normal_messages_round_robin() -> None:
         ([], msg(9, urgent=True), [9]),
         ([msg(1, started=True)], msg(9, urgent=True), [1, 9]),
         # no urgent queued: goes after the first (started) normal message
-        ([msg(1, started=True), msg(2, started=True), msg(3, started=True)],
-         msg(9, urgent=True, started=True), [1, 9, 2, 3]),
+        (
+            [msg(1, started=True), msg(2, started=True), msg(3, started=True)],
+            msg(9, urgent=True, started=True),
+            [1, 9, 2, 3],
+        ),
         # after the last urgent, leaving one normal message in between
-        ([msg(1, True, True), msg(2, started=True), msg(3, started=True)],
-         msg(9, urgent=True, started=True), [1, 2, 9, 3]),
-        ([msg(1, started=True), msg(2, True, True), msg(3, started=True), msg(4, started=True)],
-         msg(9, urgent=True, started=True), [1, 2, 3, 9, 4]),
+        (
+            [msg(1, True, True), msg(2, started=True), msg(3, started=True)],
+            msg(9, urgent=True, started=True),
+            [1, 2, 9, 3],
+        ),
+        (
+            [msg(1, started=True), msg(2, True, True), msg(3, started=True), msg(4, started=True)],
+            msg(9, urgent=True, started=True),
+            [1, 2, 3, 9, 4],
+        ),
         # last urgent at the tail: goes right after it
         ([msg(1, started=True), msg(2, True, True)], msg(9, urgent=True, started=True), [1, 2, 9]),
         # a new urgent message never overtakes a message that has not started
         ([msg(1, started=True), msg(2), msg(3)], msg(9, urgent=True), [1, 2, 3, 9]),
-        ([msg(1, started=True), msg(2), msg(3, started=True)], msg(9, urgent=True),
-         [1, 2, 9, 3]),
+        ([msg(1, started=True), msg(2), msg(3, started=True)], msg(9, urgent=True), [1, 2, 9, 3]),
         # ... but a started urgent message (requeued) may
         ([msg(1, started=True), msg(2), msg(3)], msg(9, urgent=True, started=True), [1, 9, 2, 3]),
         # normal messages always go to the tail
         ([msg(1, True, True), msg(2, True, True)], msg(9), [1, 2, 9]),
     ],
 )
-def test_urgent_placement(queue: list[OutgoingMessage], new: OutgoingMessage,
-                          expected: list[int]) -> None:
+def test_urgent_placement(
+    queue: list[OutgoingMessage], new: OutgoingMessage, expected: list[int]
+) -> None:
     box = Outbox()
     for m in queue:
         box._queue.append(m)  # set up the queue as given
@@ -129,8 +138,9 @@ def test_large_messages_interleaved_with_urgent() -> None:
     for _ in range(3):  # the big ones are under way
         link.step()
     urgent_body = os.urandom(100_000)
-    assert link.a.send_request({"Profile": "urgent"}, urgent_body, urgent=True,
-                               compressed=True) == 4
+    assert (
+        link.a.send_request({"Profile": "urgent"}, urgent_body, urgent=True, compressed=True) == 4
+    )
     link.run()
     done = [e.message.number for e in link.b_events]
     assert done[0] == 4
@@ -153,8 +163,9 @@ def test_compressed_and_raw_messages_mixed_in_one_stream() -> None:
     sent = {}
     for i in range(12):
         body = (os.urandom(700) + b"repeat " * 3000) if i % 3 else os.urandom(30000)
-        n = link.a.send_request({"Profile": f"m{i}"}, body, compressed=i % 2 == 0,
-                                urgent=i % 5 == 0)
+        n = link.a.send_request(
+            {"Profile": f"m{i}"}, body, compressed=i % 2 == 0, urgent=i % 5 == 0
+        )
         sent[n] = body
         if i % 4 == 0:
             link.step()
@@ -162,8 +173,9 @@ def test_compressed_and_raw_messages_mixed_in_one_stream() -> None:
     flags_seen = {header(f)[1] & 0x08 for f in link.a_frames}
     assert flags_seen == {0, 0x08}
     assert {e.message.number: e.message.body for e in link.b_events} == sent
-    assert [e.message.compressed for e in sorted(link.b_events, key=lambda e: e.message.number)] \
-        == [i % 2 == 0 for i in range(12)]
+    assert [
+        e.message.compressed for e in sorted(link.b_events, key=lambda e: e.message.number)
+    ] == [i % 2 == 0 for i in range(12)]
 
 
 # ------------------------------------------------------------------ flow control
@@ -273,8 +285,9 @@ def test_ack_from_reference_peer_resumes_paused_message() -> None:
 def test_deflater_is_shared_across_messages_in_one_direction() -> None:
     """CRC and deflate state run across all messages: a reference receiver follows along."""
     ref = RefSender()
-    frames = [ref.frame(n, 0x08, props_block([("Profile", "x")]) + b"same body " * 100)
-              for n in (1, 2, 3)]
+    frames = [
+        ref.frame(n, 0x08, props_block([("Profile", "x")]) + b"same body " * 100) for n in (1, 2, 3)
+    ]
     assert len(frames[2]) < len(frames[0])
     proto = BLIPProtocol()
     for f in frames:

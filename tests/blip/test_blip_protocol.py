@@ -32,8 +32,9 @@ def test_request_round_trip_every_flag_combination(
     link = Link()
     body = os.urandom(size // 2) + b"z" * (size - size // 2)
     props = {"Profile": "test", "x": "1"}
-    number = link.a.send_request(props, body, urgent=urgent, compressed=compressed,
-                                 no_reply=no_reply)
+    number = link.a.send_request(
+        props, body, urgent=urgent, compressed=compressed, no_reply=no_reply
+    )
     link.run()
     (event,) = link.b_events
     assert isinstance(event, RequestReceived)
@@ -111,7 +112,9 @@ def test_number_spaces_are_independent_per_direction() -> None:
     a_replies = [e for e in link.a_events if isinstance(e, ResponseReceived)]
     b_replies = [e for e in link.b_events if isinstance(e, ResponseReceived)]
     assert [(e.request_number, e.message.properties["from"]) for e in a_replies] == [
-        (1, "b"), (3, "b3")]
+        (1, "b"),
+        (3, "b3"),
+    ]
     assert [(e.request_number, e.message.properties["from"]) for e in b_replies] == [(1, "a")]
 
 
@@ -201,19 +204,26 @@ def test_request_first_frames_go_out_in_number_order() -> None:
     st.lists(
         st.tuples(
             st.binary(max_size=30000),
-            st.booleans(), st.booleans(), st.booleans(),
-            st.dictionaries(st.text("abcXYZ-", min_size=1, max_size=8), st.text(max_size=10).filter(
-                lambda s: "\0" not in s), max_size=3),
+            st.booleans(),
+            st.booleans(),
+            st.booleans(),
+            st.dictionaries(
+                st.text("abcXYZ-", min_size=1, max_size=8),
+                st.text(max_size=10).filter(lambda s: "\0" not in s),
+                max_size=3,
+            ),
         ),
-        min_size=1, max_size=6,
+        min_size=1,
+        max_size=6,
     )
 )
 def test_random_message_mix_round_trips(messages: list) -> None:
     link = Link()
     sent = {}
     for body, urgent, compressed, no_reply, props in messages:
-        n = link.a.send_request(props, body, urgent=urgent, compressed=compressed,
-                                no_reply=no_reply)
+        n = link.a.send_request(
+            props, body, urgent=urgent, compressed=compressed, no_reply=no_reply
+        )
         sent[n] = (props, body)
     link.run()
     got = {e.message.number: (e.message.properties, e.message.body) for e in link.b_events}

@@ -120,8 +120,15 @@ def setup_handlers(session: BLIPSession) -> None:
 
     session.silent_requests = []  # type: ignore[attr-defined]
     session.notes = []  # type: ignore[attr-defined]
-    for name, fn in [("echo", echo), ("sum", sum_json), ("missing", missing),
-                     ("broken", broken), ("twice", twice), ("silent", silent), ("note", note)]:
+    for name, fn in [
+        ("echo", echo),
+        ("sum", sum_json),
+        ("missing", missing),
+        ("broken", broken),
+        ("twice", twice),
+        ("silent", silent),
+        ("note", note),
+    ]:
         session.register(name, fn)
 
 
@@ -143,9 +150,10 @@ async def test_request_response() -> None:
 
         # Many concurrent requests, some large and compressed (real ACK flow control).
         bodies = [os.urandom(random.randrange(0, 400_000)) for _ in range(12)]
-        futures = [client.send_nowait("echo", {"i": str(i)}, b, compressed=i % 2 == 0,
-                                      urgent=i % 3 == 0)
-                   for i, b in enumerate(bodies)]
+        futures = [
+            client.send_nowait("echo", {"i": str(i)}, b, compressed=i % 2 == 0, urgent=i % 3 == 0)
+            for i, b in enumerate(bodies)
+        ]
         replies = await asyncio.wait_for(asyncio.gather(*futures), TIMEOUT)  # type: ignore[arg-type]
         for i, (b, r) in enumerate(zip(bodies, replies, strict=True)):
             assert r.properties["i"] == str(i) and r.body == b
@@ -164,12 +172,18 @@ async def test_error_replies() -> None:
         with pytest.raises(BLIPError) as info:
             reply.raise_for_error()
         assert (info.value.domain, info.value.code, info.value.message) == (
-            "HTTP", 404, "no such checkpoint")
+            "HTTP",
+            404,
+            "no such checkpoint",
+        )
 
         reply = await client.request("no-such-profile", {"x": "y"})
         assert reply is not None
         assert (reply.error_domain, reply.error_code, reply.error_message) == (
-            "BLIP", 404, "no handler for profile")
+            "BLIP",
+            404,
+            "no handler for profile",
+        )
 
         reply = await client.request("broken")
         assert reply is not None and (reply.error_domain, reply.error_code) == ("BLIP", 500)
@@ -203,7 +217,9 @@ async def test_no_reply_requests() -> None:
         server = await pair.server_session()
         notes = server.notes  # type: ignore[attr-defined]
         assert [(r.properties.get("k"), r.body, r.no_reply) for r in notes] == [
-            ("v", b"[]", True), (None, b"x", True)]
+            ("v", b"[]", True),
+            (None, b"x", True),
+        ]
         assert notes[0].urgent
         assert not client.closed and not server.closed
 
@@ -230,8 +246,9 @@ async def test_golden_frame_on_the_wire() -> None:
         client = BLIPSession(ws, name="client")
         task = asyncio.create_task(client.run())
         first = client.send_nowait("getCheckpoint", {"client": CLIENT_ID})
-        second = client.send_nowait("proposeChanges", {"conflictIncludesRev": "true"},
-                                    b"[]", urgent=True, compressed=True)
+        second = client.send_nowait(
+            "proposeChanges", {"conflictIncludesRev": "true"}, b"[]", urgent=True, compressed=True
+        )
         assert first is not None and second is not None
         r1, r2 = await asyncio.wait_for(asyncio.gather(first, second), TIMEOUT)
         assert (r1.error_domain, r1.error_code) == ("HTTP", 404)
@@ -243,8 +260,10 @@ async def test_golden_frame_on_the_wire() -> None:
     ref = RefReceiver()
     ref.frame(got[0])
     _, _, data = ref.frame(got[1])  # checks the running CRC
-    assert split_message(data) == ({"Profile": "proposeChanges", "conflictIncludesRev": "true"},
-                                   b"[]")
+    assert split_message(data) == (
+        {"Profile": "proposeChanges", "conflictIncludesRev": "true"},
+        b"[]",
+    )
 
 
 async def test_clean_close_fails_pending_requests() -> None:
@@ -302,9 +321,11 @@ async def test_peer_close_fails_pending_requests() -> None:
 
 @pytest.mark.parametrize(
     ("garbage", "reason"),
-    [(b"\x01\x03\x00\x00\x00\x00\x00", "unknown BLIP message type"),
-     (b"\x02\x00\x00\x00\x00\x00\x00", "checksum"),
-     ("text", "text WebSocket message")],
+    [
+        (b"\x01\x03\x00\x00\x00\x00\x00", "unknown BLIP message type"),
+        (b"\x02\x00\x00\x00\x00\x00\x00", "checksum"),
+        ("text", "text WebSocket message"),
+    ],
 )
 async def test_protocol_error_closes_with_1002(garbage: bytes | str, reason: str) -> None:
     async with blip_pair(setup_handlers) as pair:

@@ -46,8 +46,12 @@ def test_golden_frame2_propose_changes_compressed_urgent() -> None:
     body = json.dumps([["doc1", "1-abc", "", 12]]).encode()
     proto = BLIPProtocol()
     proto.send_request([("Profile", "getCheckpoint"), ("client", CLIENT_ID)])
-    proto.send_request({"Profile": "proposeChanges", "conflictIncludesRev": "true"}, body,
-                       urgent=True, compressed=True)
+    proto.send_request(
+        {"Profile": "proposeChanges", "conflictIncludesRev": "true"},
+        body,
+        urgent=True,
+        compressed=True,
+    )
     assert proto.next_frame() == frame1
     frame2 = proto.next_frame()
     assert frame2 is not None

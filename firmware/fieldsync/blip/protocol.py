@@ -264,8 +264,10 @@ class BLIPProtocol:
 
 
 def _flags(*, urgent: bool = False, compressed: bool = False, no_reply: bool = False) -> int:
-    return (URGENT if urgent else 0) | (COMPRESSED if compressed else 0) | (
-        NO_REPLY if no_reply else 0
+    return (
+        (URGENT if urgent else 0)
+        | (COMPRESSED if compressed else 0)
+        | (NO_REPLY if no_reply else 0)
     )
 
 

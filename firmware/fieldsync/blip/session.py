@@ -120,8 +120,12 @@ class IncomingRequest:
 
     def _check_can_respond(self) -> bool:
         if self.no_reply:
-            log.debug("%s: not answering NoReply request %s #%d",
-                      self._session.name, self.profile, self.number)
+            log.debug(
+                "%s: not answering NoReply request %s #%d",
+                self._session.name,
+                self.profile,
+                self.number,
+            )
             return False
         if self.responded:
             raise RuntimeError(f"request {self.profile!r} #{self.number} was already answered")
@@ -344,8 +348,9 @@ class BLIPSession:
             if inspect.isawaitable(result):
                 await result
         except Exception:
-            log.exception("%s: handler for %r #%d failed", self.name, request.profile,
-                          request.number)
+            log.exception(
+                "%s: handler for %r #%d failed", self.name, request.profile, request.number
+            )
             if not request.responded and not request.no_reply and not self.closed:
                 request.respond_error("BLIP", 500, "unexpected exception in request handler")
 

@@ -26,8 +26,9 @@ def encode_uvarint(value: int) -> bytes:
     return bytes(out)
 
 
-def decode_uvarint(data: bytes | bytearray | memoryview, pos: int = 0, *, bits: int = 64,
-                   what: str = "varint") -> tuple[int, int]:
+def decode_uvarint(
+    data: bytes | bytearray | memoryview, pos: int = 0, *, bits: int = 64, what: str = "varint"
+) -> tuple[int, int]:
     """Decode a varint from ``data`` at ``pos``; return ``(value, position after it)``.
 
     Raises :class:`BLIPProtocolError` if the data ends inside the varint, if the encoding is
