@@ -46,6 +46,7 @@ from fieldsync.replication.messages import (
     with_collection,
 )
 from fieldsync.replication.notifier import ChangeNotifier
+from fieldsync.replication.ports import ReplicatedCollection, ReplicatedDatabase
 from fieldsync.replication.puller import Puller
 from fieldsync.replication.pusher import Pusher, PushOptions, ReplicationError
 from fieldsync.replication.sequences import SequenceTracker
@@ -67,11 +68,11 @@ class ReplicatorType(Enum):
 class ReplicatorConfiguration:
     """Where to replicate, which way, and how to authenticate."""
 
-    database: Any
+    database: ReplicatedDatabase
     url: str
     replicator_type: ReplicatorType = ReplicatorType.PUSH_AND_PULL
     continuous: bool = False
-    collections: Sequence[Any] | None = None  # None: the default collection
+    collections: Sequence[ReplicatedCollection] | None = None  # None: the default collection
     username: str | None = None
     password: str | None = None
     ssl_context: ssl.SSLContext | None = None  # for wss:// (pinning, self-signed, client cert)
@@ -101,7 +102,9 @@ class ReplicatorResult:
 class _CollectionState:
     """Per collection: its checkpoint and the sequences in progress each way."""
 
-    def __init__(self, collection: Any, index: int | None, checkpoint_id: str) -> None:
+    def __init__(
+        self, collection: ReplicatedCollection, index: int | None, checkpoint_id: str
+    ) -> None:
         self.collection = collection
         self.index = index
         self.checkpoint_id = checkpoint_id
@@ -371,7 +374,7 @@ class Replicator:
         database.set_local(LOCAL_ID_KEY, local_id.encode())
         return local_id
 
-    def _checkpoint_id(self, collection: Any) -> str:
+    def _checkpoint_id(self, collection: ReplicatedCollection) -> str:
         seed = f"{self._local_id()}\0{self._endpoint()}\0{collection.full_name}"
         return "cp-" + base64.b64encode(hashlib.sha1(seed.encode()).digest()).decode()
 

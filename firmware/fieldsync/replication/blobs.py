@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import hashlib
 from base64 import b64encode
-from typing import Any
 
 from fieldsync.blip import IncomingRequest
 from fieldsync.replication.messages import is_true
+from fieldsync.replication.ports import ReplicatedDatabase
 from fieldsync.replication.stats import ReplicationStats
 from fieldsync.store import StoreError
 
@@ -25,7 +25,7 @@ def blob_proof(nonce: bytes, data: bytes) -> str:
 class BlobServer:
     """Answers the peer's blob requests for one connection."""
 
-    def __init__(self, database: Any, stats: ReplicationStats) -> None:
+    def __init__(self, database: ReplicatedDatabase, stats: ReplicationStats) -> None:
         self._database = database
         self._stats = stats
         #: Digests of blobs referenced by revisions sent on this connection.

@@ -6,7 +6,14 @@ maps failures to the error replies that make LiteCore resend the full body (CBL-
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+
+from fieldsync.delta import DeltaError, apply_delta_json, revision_delta
+from fieldsync.replication.ports import ReplicatedCollection
+
+#: A Pusher delta encoder: (collection, doc_id, revision body, known ancestor revIDs) ->
+#: (deltaSrc revID, delta JSON bytes), or None to send the full body.
+DeltaEncoder = Callable[[ReplicatedCollection, str, bytes, list[str]], "tuple[str, bytes] | None"]
 
 #: LiteCore error codes (C4ErrorCode) for delta failures. On the wire LiteCore sends both as
 #: HTTP 422, and retries without a delta on HTTP/422, LiteCore/31 or LiteCore/32.
@@ -32,10 +39,10 @@ class DeltaApplyError(Exception):
         self.message = message
 
 
-def apply_received_delta(collection: Any, doc_id: str, base_rev_id: str, delta: bytes) -> bytes:
+def apply_received_delta(
+    collection: ReplicatedCollection, doc_id: str, base_rev_id: str, delta: bytes
+) -> bytes:
     """The full JSON body a received delta stands for, or DeltaApplyError."""
-    from fieldsync.delta import DeltaError, apply_delta_json
-
     base = collection.get_revision(doc_id, base_rev_id)
     if base is None or base.body is None:
         raise DeltaApplyError(
@@ -47,12 +54,13 @@ def apply_received_delta(collection: Any, doc_id: str, base_rev_id: str, delta: 
         raise DeltaApplyError(CORRUPT_DELTA, f"cannot apply delta to '{doc_id}': {exc}") from exc
 
 
-def make_delta_encoder() -> Any:
+def make_delta_encoder() -> DeltaEncoder:
     """A Pusher delta encoder: a delta against the newest ancestor the peer has and whose body
     we still keep, when LiteCore's rule says it pays (see ``fieldsync.delta.revision_delta``)."""
-    from fieldsync.delta import revision_delta
 
-    def encode(collection: Any, doc_id: str, body: bytes, known: list[str]) -> Any:
+    def encode(
+        collection: ReplicatedCollection, doc_id: str, body: bytes, known: list[str]
+    ) -> tuple[str, bytes] | None:
         for base_rev_id in known:
             base = collection.get_revision(doc_id, base_rev_id)
             if base is None or base.body is None or base.deleted:

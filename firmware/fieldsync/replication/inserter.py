@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
 
 from fieldsync.replication.messages import INSERTION_BATCH_SIZE, INSERTION_DELAY
+from fieldsync.replication.ports import ReplicatedCollection
 from fieldsync.store import IncomingRevision, InsertResult
 
 log = logging.getLogger(__name__)
@@ -25,10 +25,14 @@ class Inserter:
     ) -> None:
         self._batch_size = batch_size
         self._delay = delay
-        self._pending: list[tuple[Any, IncomingRevision, asyncio.Future[InsertResult]]] = []
+        self._pending: list[
+            tuple[ReplicatedCollection, IncomingRevision, asyncio.Future[InsertResult]]
+        ] = []
         self._timer: asyncio.TimerHandle | None = None
 
-    def insert(self, collection: Any, revision: IncomingRevision) -> asyncio.Future[InsertResult]:
+    def insert(
+        self, collection: ReplicatedCollection, revision: IncomingRevision
+    ) -> asyncio.Future[InsertResult]:
         """Queue a revision; the future resolves after its batch commits."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[InsertResult] = loop.create_future()
@@ -45,7 +49,12 @@ class Inserter:
             self._timer.cancel()
             self._timer = None
         pending, self._pending = self._pending, []
-        by_collection: dict[int, tuple[Any, list[tuple[IncomingRevision, asyncio.Future]]]] = {}
+        by_collection: dict[
+            int,
+            tuple[
+                ReplicatedCollection, list[tuple[IncomingRevision, asyncio.Future[InsertResult]]]
+            ],
+        ] = {}
         for collection, revision, future in pending:
             by_collection.setdefault(id(collection), (collection, []))[1].append((revision, future))
         for collection, items in by_collection.values():
@@ -55,7 +64,7 @@ class Inserter:
                 log.error(
                     "inserting %d revisions into %s failed: %s",
                     len(items),
-                    getattr(collection, "full_name", collection),
+                    collection.full_name,
                     exc,
                 )
                 for _, future in items:

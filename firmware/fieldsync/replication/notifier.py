@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any
+
+from fieldsync.replication.ports import ReplicatedCollection, ReplicatedDatabase
 
 POLL_INTERVAL = 0.025
 
@@ -17,7 +18,9 @@ POLL_INTERVAL = 0.025
 class ChangeNotifier:
     """asyncio adapter over a store database's change listeners."""
 
-    def __init__(self, database: Any, *, poll_interval: float = POLL_INTERVAL) -> None:
+    def __init__(
+        self, database: ReplicatedDatabase, *, poll_interval: float = POLL_INTERVAL
+    ) -> None:
         self._database = database
         self._poll_interval = poll_interval
         self._waiters: dict[str, set[asyncio.Event]] = {}
@@ -44,7 +47,7 @@ class ChangeNotifier:
                 self._task.cancel()
                 self._task = None
 
-    def _on_change(self, collection: Any, _sequence: int) -> None:
+    def _on_change(self, collection: ReplicatedCollection, _sequence: int) -> None:
         loop = self._loop
         if loop is None:
             return
@@ -67,11 +70,11 @@ class ChangeNotifier:
             with contextlib.suppress(Exception):
                 self._database.poll_changes()
 
-    def subscribe(self, collection: Any) -> asyncio.Event:
+    def subscribe(self, collection: ReplicatedCollection) -> asyncio.Event:
         """An event set whenever ``collection`` changes; clear it before reading changes."""
         event = asyncio.Event()
         self._waiters.setdefault(collection.full_name, set()).add(event)
         return event
 
-    def unsubscribe(self, collection: Any, event: asyncio.Event) -> None:
+    def unsubscribe(self, collection: ReplicatedCollection, event: asyncio.Event) -> None:
         self._waiters.get(collection.full_name, set()).discard(event)

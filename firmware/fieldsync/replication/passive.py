@@ -35,6 +35,7 @@ from fieldsync.replication.messages import (
     parse_sequence,
 )
 from fieldsync.replication.notifier import ChangeNotifier
+from fieldsync.replication.ports import ReplicatedCollection, ReplicatedDatabase
 from fieldsync.replication.puller import Puller
 from fieldsync.replication.pusher import Pusher, PushOptions
 from fieldsync.replication.routing import CollectionRouter, RoutingError
@@ -50,8 +51,8 @@ class PassiveReplicator:
     def __init__(
         self,
         session: BLIPSession,
-        database: Any,
-        collections: Mapping[str, Any],
+        database: ReplicatedDatabase,
+        collections: Mapping[str, ReplicatedCollection],
         *,
         notifier: ChangeNotifier,
         read_only: bool = False,
@@ -66,7 +67,7 @@ class PassiveReplicator:
         self._delta_sync = enable_delta_sync
         self.stats = stats or ReplicationStats()
         self.stats.byte_counter = session.protocol
-        self._router: CollectionRouter[Any] = CollectionRouter(
+        self._router: CollectionRouter[ReplicatedCollection] = CollectionRouter(
             collections.get("_default._default"), collections
         )
         self._inserter = Inserter()
@@ -124,7 +125,9 @@ class PassiveReplicator:
 
     # -- checkpoints --------------------------------------------------------------------------
 
-    def _get_checkpoint(self, request: IncomingRequest, _collection: Any, _index: Any) -> None:
+    def _get_checkpoint(
+        self, request: IncomingRequest, _collection: ReplicatedCollection, _index: Any
+    ) -> None:
         client = request.properties.get("client")
         if not client:
             request.respond_error("BLIP", 400, "missing 'client' property")
@@ -136,7 +139,9 @@ class PassiveReplicator:
         body, rev = found
         request.respond({"rev": rev}, body)
 
-    def _set_checkpoint(self, request: IncomingRequest, _collection: Any, _index: Any) -> None:
+    def _set_checkpoint(
+        self, request: IncomingRequest, _collection: ReplicatedCollection, _index: Any
+    ) -> None:
         client = request.properties.get("client")
         if not client:
             request.respond_error("BLIP", 400, "missing 'client' property")
@@ -158,7 +163,9 @@ class PassiveReplicator:
             return
         request.respond({"rev": rev})
 
-    def _get_collections(self, request: IncomingRequest, _collection: Any, _index: Any) -> None:
+    def _get_collections(
+        self, request: IncomingRequest, _collection: ReplicatedCollection, _index: Any
+    ) -> None:
         try:
             root = request.json()
         except ValueError:
@@ -207,7 +214,9 @@ class PassiveReplicator:
 
     # -- the phone pulls ----------------------------------------------------------------------
 
-    def _sub_changes(self, request: IncomingRequest, collection: Any, index: int | None) -> None:
+    def _sub_changes(
+        self, request: IncomingRequest, collection: ReplicatedCollection, index: int | None
+    ) -> None:
         properties = request.properties
         versioning = properties.get("versioning")
         if versioning and versioning != "rev-trees":
@@ -277,10 +286,14 @@ class PassiveReplicator:
             self.stats.record_error(str(exc))
             log.warning("%s: feed of %s stopped: %s", self._session.name, pusher.name, exc)
 
-    def _get_attachment(self, request: IncomingRequest, _collection: Any, _index: Any) -> None:
+    def _get_attachment(
+        self, request: IncomingRequest, _collection: ReplicatedCollection, _index: Any
+    ) -> None:
         self._blobs.get_attachment(request)
 
-    def _prove_attachment(self, request: IncomingRequest, _collection: Any, _index: Any) -> None:
+    def _prove_attachment(
+        self, request: IncomingRequest, _collection: ReplicatedCollection, _index: Any
+    ) -> None:
         self._blobs.prove_attachment(request)
 
     # -- the phone pushes ---------------------------------------------------------------------
@@ -291,17 +304,25 @@ class PassiveReplicator:
             return True
         return False
 
-    def _propose_changes(self, request: IncomingRequest, collection: Any, _index: Any) -> None:
+    def _propose_changes(
+        self, request: IncomingRequest, collection: ReplicatedCollection, _index: Any
+    ) -> None:
         if not self._refuse_push(request):
             self._puller.handle_proposed_changes(request, collection)
 
-    def _changes(self, request: IncomingRequest, collection: Any, index: int | None) -> None:
+    def _changes(
+        self, request: IncomingRequest, collection: ReplicatedCollection, index: int | None
+    ) -> None:
         if not self._refuse_push(request):
             self._puller.handle_changes(request, collection, index)
 
-    async def _rev(self, request: IncomingRequest, collection: Any, index: int | None) -> None:
+    async def _rev(
+        self, request: IncomingRequest, collection: ReplicatedCollection, index: int | None
+    ) -> None:
         if not self._refuse_push(request):
             await self._puller.handle_rev(request, collection, index)
 
-    def _norev(self, request: IncomingRequest, _collection: Any, index: int | None) -> None:
+    def _norev(
+        self, request: IncomingRequest, _collection: ReplicatedCollection, index: int | None
+    ) -> None:
         self._puller.handle_norev(request, index)

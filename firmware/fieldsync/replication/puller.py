@@ -31,6 +31,7 @@ from fieldsync.replication.messages import (
     parse_history,
     with_collection,
 )
+from fieldsync.replication.ports import ReplicatedCollection, ReplicatedDatabase
 from fieldsync.replication.stats import ReplicationStats
 from fieldsync.store import IncomingRevision, InvalidInput, StoreError, find_blobs
 from fieldsync.store.revid import is_valid as is_valid_rev_id
@@ -49,7 +50,7 @@ class Puller:
     def __init__(
         self,
         session: BLIPSession,
-        database: Any,
+        database: ReplicatedDatabase,
         *,
         stats: ReplicationStats,
         inserter: Inserter,
@@ -80,7 +81,9 @@ class Puller:
 
     # -- change lists -------------------------------------------------------------------------
 
-    def handle_proposed_changes(self, request: IncomingRequest, collection: Any) -> None:
+    def handle_proposed_changes(
+        self, request: IncomingRequest, collection: ReplicatedCollection
+    ) -> None:
         try:
             changes = decisions.parse_proposed_changes(request.json())
         except ValueError as exc:
@@ -102,7 +105,7 @@ class Puller:
         request.respond(self._reply_properties(), encode_json(answers), compressed=True)
 
     def handle_changes(
-        self, request: IncomingRequest, collection: Any, index: int | None
+        self, request: IncomingRequest, collection: ReplicatedCollection, index: int | None
     ) -> list[decisions.AnnouncedChange]:
         """Answer a ``changes`` list; returns the changes asked for."""
         try:
@@ -163,7 +166,7 @@ class Puller:
         self._on_sequence_done(index, sequence)
 
     async def handle_rev(
-        self, request: IncomingRequest, collection: Any, index: int | None
+        self, request: IncomingRequest, collection: ReplicatedCollection, index: int | None
     ) -> None:
         properties = request.properties
         doc_id = properties.get("id", "")
@@ -180,7 +183,12 @@ class Puller:
             self._sequence_done(index, properties.get("sequence"))
 
     async def _insert_rev(
-        self, request: IncomingRequest, collection: Any, index: int | None, doc_id: str, rev_id: str
+        self,
+        request: IncomingRequest,
+        collection: ReplicatedCollection,
+        index: int | None,
+        doc_id: str,
+        rev_id: str,
     ) -> None:
         properties = request.properties
         body = request.body or b"{}"

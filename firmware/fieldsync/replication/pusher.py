@@ -19,6 +19,7 @@ from typing import Any
 
 from fieldsync.blip import BLIPSession, IncomingResponse
 from fieldsync.replication import decisions
+from fieldsync.replication.deltas import DeltaEncoder, is_delta_error
 from fieldsync.replication.messages import (
     CHANGES,
     CHANGES_BATCH_SIZE,
@@ -33,6 +34,7 @@ from fieldsync.replication.messages import (
     with_collection,
 )
 from fieldsync.replication.notifier import ChangeNotifier
+from fieldsync.replication.ports import ReplicatedCollection
 from fieldsync.replication.sequences import SequenceTracker
 from fieldsync.replication.stats import ReplicationStats
 from fieldsync.store import Change, find_blobs
@@ -41,10 +43,6 @@ log = logging.getLogger(__name__)
 
 #: Revisions sent but not yet answered, per pusher (LiteCore bounds by bytes; 2 MB).
 MAX_REVS_AWAITING_REPLY = 64
-
-#: Delta encoder hook: (collection, doc_id, revision body, known ancestor revIDs) ->
-#: (deltaSrc revID, delta JSON bytes) or None to send the full body.
-DeltaEncoder = Callable[[Any, str, bytes, list[str]], "tuple[str, bytes] | None"]
 
 
 @dataclass
@@ -68,7 +66,7 @@ class Pusher:
     def __init__(
         self,
         session: BLIPSession,
-        collection: Any,
+        collection: ReplicatedCollection,
         collection_index: int | None,
         *,
         options: PushOptions,
@@ -377,6 +375,4 @@ def _int(value: str | None, default: int) -> int:
 
 
 def _is_delta_error(reply: IncomingResponse) -> bool:
-    from fieldsync.replication.deltas import is_delta_error
-
     return is_delta_error(reply.error_domain, reply.error_code)

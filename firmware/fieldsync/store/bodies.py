@@ -61,4 +61,5 @@ def decode_incoming(data: bytes | bytearray | memoryview | str, *, deleted: bool
 
 def decode_stored(data: bytes) -> dict[str, Any]:
     """The dict of a stored (canonical) body."""
-    return json.loads(data)
+    body: dict[str, Any] = json.loads(data)
+    return body

@@ -6,17 +6,16 @@ import json
 import sqlite3
 import uuid
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, NamedTuple
+from contextlib import AbstractContextManager
+from typing import Any, NamedTuple, Protocol
 
 from fieldsync.store import revid
 from fieldsync.store.bodies import EMPTY_BODY, decode_incoming, decode_stored, encode_body
+from fieldsync.store.engine import Engine
 from fieldsync.store.errors import ConflictError, InvalidInput, NotFoundError
 from fieldsync.store.models import Change, Document, IncomingRevision, InsertResult, Revision
 from fieldsync.store.names import check_doc_id
 from fieldsync.store.revtree import BadHistory, RevNode, RevTree
-
-if TYPE_CHECKING:
-    from fieldsync.store.database import Database
 
 #: Above this many docIDs a changes-feed filter is applied through a JSON array parameter.
 _INLINE_FILTER_LIMIT = 200
@@ -29,11 +28,28 @@ class _DocRow(NamedTuple):
     body_size: int
 
 
+class CollectionOwner(Protocol):
+    """What a collection needs from its database (``Database`` satisfies it)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def engine(self) -> Engine: ...
+    @property
+    def max_rev_tree_depth(self) -> int: ...
+    @property
+    def keep_body_generations(self) -> int: ...
+    def transaction(self) -> AbstractContextManager[object]: ...
+
+
 class Collection:
     """The documents of one ``scope.name``. Obtain it from a ``Database``."""
 
-    def __init__(self, database: Database, collection_id: int, scope: str, name: str) -> None:
+    def __init__(
+        self, database: CollectionOwner, collection_id: int, scope: str, name: str
+    ) -> None:
         self.database = database
+        self._engine = database.engine
         self.id = collection_id
         self.scope = scope
         self.name = name
@@ -47,24 +63,19 @@ class Collection:
     @property
     def last_sequence(self) -> int:
         """The sequence of the latest change (including, inside a transaction, its own)."""
-        db = self.database
-        with db._lock:
-            pending = db._uncommitted_sequence(self.id)
-            if pending is not None:
-                return pending
-            rows = db._query("SELECT last_sequence FROM collections WHERE id = ?", (self.id,))
-        return rows[0][0] if rows else 0
+        return self._engine.last_sequence(self.id)
 
     def count(self, *, include_deleted: bool = False) -> int:
         """Number of documents (live ones only, unless ``include_deleted``)."""
         sql = "SELECT COUNT(*) FROM docs WHERE collection = ?"
         if not include_deleted:
             sql += " AND deleted = 0"
-        return self.database._query(sql, (self.id,))[0][0]
+        count: int = self._engine.query(sql, (self.id,))[0][0]
+        return count
 
     def get_document(self, doc_id: str) -> Document | None:
         """The current revision of a document; ``None`` if it is missing or deleted."""
-        rows = self.database._query(
+        rows = self._engine.query(
             "SELECT d.rev_id, d.sequence, d.deleted, r.body FROM docs d "
             "JOIN revs r ON r.doc = d.id AND r.rev_id = d.rev_id "
             "WHERE d.collection = ? AND d.doc_id = ?",
@@ -85,7 +96,7 @@ class Collection:
         params: tuple[object, ...] = (self.id, doc_id)
         if rev_id is not None:
             params = (rev_id, *params)
-        rows = self.database._query(
+        rows = self._engine.query(
             f"SELECT r.rev_id, r.sequence, r.deleted, {body_column} FROM docs d "
             f"JOIN revs r ON r.doc = d.id AND {match} "
             "WHERE d.collection = ? AND d.doc_id = ?",
@@ -149,7 +160,7 @@ class Collection:
             params.append(limit)
         return [
             Change(seq, doc_id, rev_id, bool(deleted), size)
-            for seq, doc_id, rev_id, deleted, size in self.database._query(sql, params)
+            for seq, doc_id, rev_id, deleted, size in self._engine.query(sql, params)
         ]
 
     def check_proposed(
@@ -195,7 +206,7 @@ class Collection:
     # -- local writes ------------------------------------------------------------------------
 
     def save_document(
-        self, doc_id: str | None, body: dict, *, expected_rev: str | None = None
+        self, doc_id: str | None, body: dict[str, Any], *, expected_rev: str | None = None
     ) -> Document:
         """Save a new revision of a document on top of its current revision (a new document
         with a random ID when ``doc_id`` is ``None``). With ``expected_rev``, raise
@@ -211,13 +222,13 @@ class Collection:
         return self._put_local(doc_id, EMPTY_BODY, deleted=True, expected_rev=expected_rev)
 
     def resolve_conflict(
-        self, doc_id: str, *, winning_rev: str, losing_rev: str, body: dict | None = None
+        self, doc_id: str, *, winning_rev: str, losing_rev: str, body: dict[str, Any] | None = None
     ) -> Document:
         """Resolve a conflict as Couchbase Lite does: close the losing branch with a tombstone
         and, with ``body``, save a merged revision on top of ``winning_rev`` (otherwise the
         winning leaf stays as it is). One durable transaction."""
         check_doc_id(doc_id)
-        with self.database._write() as conn:
+        with self._engine.write() as conn:
             row = self._doc_row(doc_id, conn)
             if row is None:
                 raise NotFoundError(f"no document {doc_id!r} in {self.full_name}")
@@ -247,7 +258,7 @@ class Collection:
     def purge_document(self, doc_id: str) -> bool:
         """Erase a document and all its revisions, leaving no tombstone. ``True`` if it
         existed."""
-        with self.database._write() as conn:
+        with self._engine.write() as conn:
             row = self._doc_row(doc_id, conn)
             if row is None:
                 return False
@@ -258,7 +269,7 @@ class Collection:
     def _put_local(
         self, doc_id: str, data: bytes, *, deleted: bool, expected_rev: str | None
     ) -> Document:
-        with self.database._write() as conn:
+        with self._engine.write() as conn:
             row = self._doc_row(doc_id, conn)
             current = row.rev_id if row else None
             if expected_rev is not None and expected_rev != current:
@@ -283,7 +294,7 @@ class Collection:
         409 conflict (``no_conflicts`` set and its parent is not the current revision),
         400 malformed. Unknown ancestors in a history become body-less revisions."""
         results: list[InsertResult] = []
-        with self.database._write() as conn:
+        with self._engine.write() as conn:
             for rev in revs:
                 try:
                     results.append(self._insert_one(conn, rev))
@@ -322,7 +333,7 @@ class Collection:
     def _doc_row(self, doc_id: str, conn: sqlite3.Connection | None = None) -> _DocRow | None:
         sql = "SELECT id, rev_id, deleted, body_size FROM docs WHERE collection = ? AND doc_id = ?"
         if conn is None:
-            rows = self.database._query(sql, (self.id, doc_id))
+            rows = self._engine.query(sql, (self.id, doc_id))
         else:
             rows = conn.execute(sql, (self.id, doc_id)).fetchall()
         if not rows:
@@ -343,16 +354,14 @@ class Collection:
 
     def _read_tree(self, doc_id: str) -> RevTree | None:
         """The tree of a document, read consistently; ``None`` if the document is unknown."""
-        db = self.database
-        with db._lock:
-            conn = db._connection()
+        with self._engine.locked() as conn:
             row = conn.execute(
                 "SELECT id FROM docs WHERE collection = ? AND doc_id = ?", (self.id, doc_id)
             ).fetchone()
             return self._load_tree(conn, row[0]) if row else None
 
     def _next_sequence(self, conn: sqlite3.Connection) -> int:
-        return self.database._next_sequence(conn, self.id)
+        return self._engine.next_sequence(conn, self.id)
 
     def _save_tree(
         self,

@@ -11,7 +11,6 @@ import contextlib
 import logging
 import os
 import sqlite3
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
@@ -20,6 +19,7 @@ from typing import Any
 from fieldsync.store import checkpoints, names
 from fieldsync.store.blobs import BlobStore, find_blobs
 from fieldsync.store.collection import Collection
+from fieldsync.store.engine import Engine
 from fieldsync.store.errors import CheckpointConflict, InvalidInput, NotFoundError, StoreError
 from fieldsync.store.paths import BLOBS_DIR, DATABASE_FILE
 from fieldsync.store.schema import connect
@@ -58,17 +58,20 @@ class Database:
         self.max_rev_tree_depth = max_rev_tree_depth
         self.keep_body_generations = keep_body_generations
         self.blobs = BlobStore(path / BLOBS_DIR)
-        self._conn: sqlite3.Connection | None = conn
-        self._lock = threading.RLock()
-        self._depth = 0  # nesting depth of write transactions
-        self._pending: dict[int, int] = {}  # collection id -> last sequence written, uncommitted
+        #: The SQLite handle, transactions and sequence allocation (shared with collections).
+        self.engine = Engine(
+            conn,
+            name=self.name,
+            on_commit=self._committed,
+            on_rollback=self._forget_missing_collections,
+        )
+        self._lock = self.engine.lock  # also guards the collection cache and listener list
         self._listeners: list[_ListenerToken] = []
         self._collections: dict[tuple[str, str], Collection] = {}
         self._by_id: dict[int, Collection] = {}
         self._known_sequences: dict[int, int] = {}
         #: Called with this database just before it closes (listeners serving it stop).
         self.close_callbacks: list[Callable[[Database], None]] = []
-        self._data_version = conn.execute("PRAGMA data_version").fetchone()[0]
         self._refresh_collections(initial=True)
 
     @classmethod
@@ -115,22 +118,17 @@ class Database:
 
     def close(self) -> None:
         """Close the connection. Further calls raise ``StoreError``."""
-        if self._conn is not None:
+        if not self.engine.is_closed:
             for callback in list(self.close_callbacks):
                 try:
                     callback(self)
                 except Exception:
                     log.exception("close callback of %s failed", self.name)
-        with self._lock:
-            if self._conn is not None:
-                if self._depth:
-                    raise StoreError("cannot close the database inside a transaction")
-                self._conn.close()
-                self._conn = None
+        self.engine.close()
 
     @property
     def is_closed(self) -> bool:
-        return self._conn is None
+        return self.engine.is_closed
 
     def __enter__(self) -> Database:
         return self
@@ -146,91 +144,12 @@ class Database:
     def __repr__(self) -> str:
         return f"<Database {self.name!r} at {str(self.path)!r}>"
 
-    # -- SQL plumbing (for this package) -----------------------------------------------------
+    # -- transactions ------------------------------------------------------------------------
 
-    def _connection(self) -> sqlite3.Connection:
-        conn = self._conn
-        if conn is None:
-            raise StoreError(f"database {self.name!r} is closed")
-        return conn
-
-    def _query(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> list[Any]:
+    def _committed(self, sequences: dict[int, int]) -> None:
         with self._lock:
-            return self._connection().execute(sql, params).fetchall()
-
-    @contextlib.contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction (or a savepoint inside an enclosing one).
-
-        The outermost level commits durably on exit and then calls the change listeners of
-        every collection whose sequence advanced; an exception rolls everything back.
-        """
-        committed: dict[int, int] = {}
-        with self._lock:
-            conn = self._connection()
-            if self._depth == 0:
-                try:
-                    conn.execute("BEGIN IMMEDIATE")
-                except sqlite3.OperationalError as exc:
-                    raise StoreError(f"cannot start a write transaction: {exc}") from exc
-                self._depth = 1
-                self._pending = {}
-                try:
-                    yield conn
-                    if self._pending:
-                        conn.executemany(
-                            "UPDATE collections SET last_sequence = ? WHERE id = ?",
-                            [(seq, cid) for cid, seq in self._pending.items()],
-                        )
-                    conn.execute("COMMIT")
-                except BaseException:
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
-                    self._pending = {}
-                    with contextlib.suppress(sqlite3.Error):
-                        self._forget_missing_collections()
-                    raise
-                finally:
-                    self._depth = 0
-                committed, self._pending = self._pending, {}
-                self._known_sequences.update(committed)
-            else:
-                savepoint = f"sp{self._depth}"
-                conn.execute(f"SAVEPOINT {savepoint}")
-                saved_pending = dict(self._pending)
-                self._depth += 1
-                try:
-                    yield conn
-                except BaseException:
-                    conn.execute(f"ROLLBACK TO {savepoint}")
-                    conn.execute(f"RELEASE {savepoint}")
-                    self._pending = saved_pending
-                    with contextlib.suppress(sqlite3.Error):
-                        self._forget_missing_collections()
-                    raise
-                else:
-                    conn.execute(f"RELEASE {savepoint}")
-                finally:
-                    self._depth -= 1
-        if committed:
-            self._notify(committed)
-
-    def _next_sequence(self, conn: sqlite3.Connection, collection_id: int) -> int:
-        """Allocate the next sequence of a collection inside a write transaction.
-
-        Sequences are counted in memory and the collection row is updated once, at commit.
-        """
-        current = self._pending.get(collection_id)
-        if current is None:
-            current = conn.execute(
-                "SELECT last_sequence FROM collections WHERE id = ?", (collection_id,)
-            ).fetchone()[0]
-        self._pending[collection_id] = current + 1
-        return current + 1
-
-    def _uncommitted_sequence(self, collection_id: int) -> int | None:
-        """The last sequence allocated in the open transaction, if any (caller holds the lock)."""
-        return self._pending.get(collection_id) if self._depth else None
+            self._known_sequences.update(sequences)
+        self._notify(sequences)
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Database]:
@@ -238,7 +157,7 @@ class Database:
 
         Listeners are called once the outermost level has committed.
         """
-        with self._write():
+        with self.engine.write():
             yield self
 
     # -- collections -------------------------------------------------------------------------
@@ -250,7 +169,9 @@ class Database:
         when the database is being opened, and up to 0 otherwise (so ``poll_changes`` reports
         collections another process created and filled).
         """
-        rows = self._query("SELECT id, scope, name, last_sequence FROM collections ORDER BY id")
+        rows = self.engine.query(
+            "SELECT id, scope, name, last_sequence FROM collections ORDER BY id"
+        )
         result: list[tuple[Collection, int]] = []
         with self._lock:
             for cid, scope, name, last_sequence in rows:
@@ -265,11 +186,12 @@ class Database:
 
     def _forget_missing_collections(self) -> None:
         """Drop cached collections whose creation was rolled back."""
-        existing = {row[0] for row in self._connection().execute("SELECT id FROM collections")}
-        for cid in [cid for cid in self._by_id if cid not in existing]:
-            collection = self._by_id.pop(cid)
-            self._collections.pop((collection.scope, collection.name), None)
-            self._known_sequences.pop(cid, None)
+        existing = {row[0] for row in self.engine.query("SELECT id FROM collections")}
+        with self._lock:
+            for cid in [cid for cid in self._by_id if cid not in existing]:
+                collection = self._by_id.pop(cid)
+                self._collections.pop((collection.scope, collection.name), None)
+                self._known_sequences.pop(cid, None)
 
     @property
     def default_collection(self) -> Collection:
@@ -294,7 +216,7 @@ class Database:
         existing = self.get_collection(name, scope)
         if existing is not None:
             return existing
-        with self._write() as conn:
+        with self.engine.write() as conn:
             conn.execute(
                 "INSERT OR IGNORE INTO collections (scope, name) VALUES (?, ?)", (scope, name)
             )
@@ -337,13 +259,8 @@ class Database:
         listeners for every collection whose last sequence moved and returns ``True``.
         """
         with self._lock:
-            conn = self._connection()
-            if self._depth:
+            if not self.engine.data_version_changed():
                 return False
-            version = conn.execute("PRAGMA data_version").fetchone()[0]
-            if version == self._data_version:
-                return False
-            self._data_version = version
             moved: dict[int, int] = {}
             for collection, sequence in self._refresh_collections():
                 if sequence != self._known_sequences.get(collection.id):
@@ -371,7 +288,9 @@ class Database:
 
     def get_checkpoint(self, client_id: str) -> tuple[bytes, str] | None:
         """The checkpoint a peer stored under ``client_id``: ``(body, rev)``, or ``None``."""
-        rows = self._query("SELECT body, rev FROM checkpoints WHERE client_id = ?", (client_id,))
+        rows = self.engine.query(
+            "SELECT body, rev FROM checkpoints WHERE client_id = ?", (client_id,)
+        )
         return (bytes(rows[0][0]), rows[0][1]) if rows else None
 
     def set_checkpoint(self, client_id: str, body: bytes, rev: str | None) -> str:
@@ -382,7 +301,7 @@ class Database:
             raise InvalidInput("checkpoint client ID must be a non-empty string")
         if not isinstance(body, bytes | bytearray | memoryview):
             raise InvalidInput("checkpoint body must be bytes")
-        with self._write() as conn:
+        with self.engine.write() as conn:
             row = conn.execute(
                 "SELECT rev FROM checkpoints WHERE client_id = ?", (client_id,)
             ).fetchone()
@@ -402,14 +321,14 @@ class Database:
 
     def get_local(self, key: str) -> bytes | None:
         """A local value (never replicated), or ``None``."""
-        rows = self._query("SELECT value FROM local_values WHERE key = ?", (key,))
+        rows = self.engine.query("SELECT value FROM local_values WHERE key = ?", (key,))
         return bytes(rows[0][0]) if rows else None
 
     def set_local(self, key: str, value: bytes | None) -> None:
         """Store (or, with ``None``, delete) a local value, durably."""
         if not isinstance(key, str) or not key:
             raise InvalidInput("local key must be a non-empty string")
-        with self._write() as conn:
+        with self.engine.write() as conn:
             if value is None:
                 conn.execute("DELETE FROM local_values WHERE key = ?", (key,))
             else:
