@@ -1,8 +1,9 @@
 """Revision IDs of the revision-tree model: ``<generation>-<hex digest>``.
 
 This is the only module that knows what a revID looks like. Everything else treats revIDs as
-opaque strings and asks here for their generation or their order. (Version vectors, when they
-arrive, get their own module beside this one.)
+opaque strings and asks here for their generation or their order. The other spelling of a
+version, the version vector of CBMobile_4, lives in ``versions``, which builds on this module
+(legacy revIDs, their RTE form, and comparisons across the two spellings).
 
 Parsing follows LiteCore's rules for tree revIDs: a decimal generation from 1 to 2**32-1, a dash,
 then a non-empty, even-length, lowercase hex digest that fits LiteCore's 42-byte binary revID
