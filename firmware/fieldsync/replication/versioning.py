@@ -1,0 +1,294 @@
+"""How one session spells revisions on the wire: rev trees or version vectors.
+
+The subprotocol the listener negotiated decides (VV-NOTES §1): ``BLIP_3+CBMobile_2``/``_3``
+sessions speak rev trees (``3-abc…``), ``BLIP_3+CBMobile_4`` sessions speak version vectors
+(``<hex>@<source>``, with legacy revIDs for documents nobody changed since the upgrade). A
+``WireFormat`` value is chosen once per session and handed to the replication handlers, which ask
+it every spelling question: what ``subChanges`` must say, which properties a reply carries, how a
+``changes`` row names a revision, how to read a ``proposeChanges`` row or a ``rev`` message, and
+what ``history`` a 4.x phone needs (§7 rule 6).
+
+Pure: no sockets, no store access. Parsing and comparison of versions live in
+``fieldsync.store.versions``; this module only decides what goes on the wire. Malformed input
+raises ``BadVersion`` (an ``InvalidInput``), whose message names the property at fault and which
+the handlers answer with a 400 error.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from fieldsync.replication.messages import (
+    DEFAULT_MAX_HISTORY,
+    SUBPROTOCOL_V4,
+    format_history,
+    is_true,
+    parse_history,
+)
+from fieldsync.store import revid
+from fieldsync.store.models import IncomingRevision
+from fieldsync.store.versions import (
+    HLV,
+    BadVersion,
+    SourceID,
+    Version,
+    VersionWithLegacy,
+    extract_current,
+    parse_full,
+    parse_rev_history,
+    parse_revision,
+)
+from fieldsync.store.versions import format_history as format_vector_history
+
+
+class WireFormat(enum.Enum):
+    """The revision spelling of a session; the value is ``subChanges``' ``versioning``."""
+
+    REV_TREES = "rev-trees"
+    VERSION_VECTORS = "version-vectors"
+
+    @classmethod
+    def for_subprotocol(cls, subprotocol: str) -> WireFormat:
+        """CBMobile_4 → version vectors; CBMobile_3/_2 (and anything older) → rev trees."""
+        return cls.VERSION_VECTORS if subprotocol == SUBPROTOCOL_V4 else cls.REV_TREES
+
+    @property
+    def uses_versions(self) -> bool:
+        return self is WireFormat.VERSION_VECTORS
+
+    # -- subChanges ------------------------------------------------------------------------------
+
+    def versioning_mismatch(self, requested: str | None) -> str | None:
+        """``None`` if ``subChanges``' ``versioning`` fits this session, else the error text.
+
+        A rev-tree session takes the property absent or ``rev-trees`` (LiteCore's passive rule);
+        a version-vector session takes it absent (Sync Gateway ignores it) or
+        ``version-vectors``.
+        """
+        if not requested or requested == self.value:
+            return None
+        known = {f.value for f in WireFormat}
+        if requested not in known:
+            return f"Incompatible document versioning: unknown versioning {requested!r}"
+        protocol = "BLIP_3+CBMobile_4" if self.uses_versions else "BLIP_3+CBMobile_3"
+        return (
+            f"Incompatible document versioning: this session speaks {protocol} ({self.value}) "
+            f"but subChanges asks for {requested!r}"
+        )
+
+    # -- replies to changes / proposeChanges -----------------------------------------------------
+
+    def reply_properties(self, max_history: int = DEFAULT_MAX_HISTORY) -> dict[str, str]:
+        """Properties of a reply to ``changes``/``proposeChanges`` (``deltas`` is added by the
+        caller on the first reply). No ``maxHistory`` in version-vector replies (§4)."""
+        if self.uses_versions:
+            return {"blobs": "true", "sendReplacementRevs": "1"}
+        return {"maxHistory": str(max_history), "blobs": "true"}
+
+    def rev_reply_properties(self, status: int) -> dict[str, str]:
+        """Properties of the success reply to a ``rev``: LiteCore 4.x says ``noop`` when the
+        revision was already present or older (status 200); 3.x peers get an empty reply."""
+        if self.uses_versions and status == 200:
+            return {"noop": "true"}
+        return {}
+
+    # -- naming a document's revision ------------------------------------------------------------
+
+    def current_name(self, rev_id: str, version: HLV | None) -> str:
+        """How a ``changes`` row, a 409 answer or a ``norev`` names a document's revision: the
+        cv in a version-vector session (the legacy revID while the doc has no vector), the
+        rev-tree revID otherwise."""
+        if self.uses_versions and version is not None:
+            return str(version.cv)
+        return rev_id
+
+
+# -- proposeChanges ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProposedVersion:
+    """One ``proposeChanges`` row of a version-vector session, parsed.
+
+    ``rev`` is the proposed cv (or a legacy revID for a document the phone never saved since its
+    upgrade); ``proposed`` is the whole vector when the column carried one (LiteCore 4.0.x, 4.1
+    continuous). ``parent`` is the phone's idea of our current revision: a version, a legacy
+    revID, a whole vector (after a 409 retry), or ``None`` for a new document.
+    """
+
+    doc_id: str
+    rev: Version | str
+    parent: VersionWithLegacy | str | None
+    proposed: HLV | None
+    body_size: int
+
+
+def parse_proposed_versions(body: Any) -> list[ProposedVersion]:
+    """Decode a version-vector ``proposeChanges`` body: ``[[docID, rev, parent?, size?], …]``.
+
+    ``BadVersion`` (400) names the column at fault (``rev``/``parent``) and the document."""
+    if not isinstance(body, list):
+        raise BadVersion("body", "proposeChanges body must be a JSON array")
+    rows: list[ProposedVersion] = []
+    for entry in body:
+        if not isinstance(entry, list) or len(entry) < 2:
+            raise BadVersion("body", f"bad proposeChanges entry {entry!r}")
+        doc_id, rev_text = entry[0], entry[1]
+        if not isinstance(doc_id, str) or not doc_id:
+            raise BadVersion("docID", f"must be a non-empty string, got {doc_id!r}")
+        field = f"rev of '{doc_id}'"
+        rev = extract_current(rev_text, field)
+        proposed: HLV | None = None
+        if isinstance(rev, Version) and isinstance(rev_text, str) and rev_text.strip() != str(rev):
+            whole = parse_full(rev_text, field)
+            proposed = whole.vector
+        raw_parent = entry[2] if len(entry) > 2 else None
+        parent: VersionWithLegacy | str | None = None
+        if raw_parent not in (None, ""):
+            parent_field = f"parent of '{doc_id}'"
+            current = extract_current(raw_parent, parent_field)
+            if isinstance(current, str) and raw_parent == current:
+                parent = current
+            else:
+                parent = parse_full(raw_parent, parent_field)
+        size = entry[3] if len(entry) > 3 and isinstance(entry[3], int) else 0
+        rows.append(ProposedVersion(doc_id, rev, parent, proposed, size))
+    return rows
+
+
+# -- receiving a rev ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VersionedRevision:
+    """A ``rev`` of a version-vector session named by a version: the vector plus legacy tail."""
+
+    doc_id: str
+    version: VersionWithLegacy
+    deleted: bool
+    no_conflicts: bool
+
+
+def read_rev(
+    wire: WireFormat, properties: Mapping[str, str]
+) -> VersionedRevision | IncomingRevision:
+    """What a received ``rev`` names, before its body is known.
+
+    Rev-tree sessions, and legacy revIDs in a version-vector session (a document the phone has
+    not saved since its upgrade), give an ``IncomingRevision`` with an empty body (the caller
+    fills it in); a version gives a ``VersionedRevision``. ``BadVersion`` names the property.
+    """
+    doc_id = properties.get("id", "")
+    rev = properties.get("rev", "")
+    if not doc_id:
+        raise BadVersion("id", "missing document ID")
+    deleted = is_true(properties.get("deleted"))
+    no_conflicts = is_true(properties.get("noconflicts"))
+    history_text = properties.get("history")
+    if not wire.uses_versions or "@" not in rev:
+        try:
+            revid.parse(rev)
+        except revid.BadRevisionID as exc:
+            raise BadVersion("rev", str(exc)) from None
+        history = parse_history(history_text)
+        for entry in history:
+            try:
+                revid.parse(entry)
+            except revid.BadRevisionID as exc:
+                raise BadVersion("history", str(exc)) from None
+        return IncomingRevision(
+            doc_id=doc_id,
+            rev_id=rev,
+            history=history,
+            deleted=deleted,
+            body=b"",
+            no_conflicts=no_conflicts,
+        )
+    version = parse_rev_history(rev, history_text)
+    return VersionedRevision(doc_id, version, deleted, no_conflicts)
+
+
+def peer_source(uuid_property: str | None) -> SourceID | None:
+    """The source ID of a 4.x phone from ``getCollections``' ``uuid`` (4.0.3+), or ``None``
+    when it sent none. ``BadVersion`` (field ``uuid``) when it is not a UUID."""
+    if uuid_property is None or uuid_property == "":
+        return None
+    return SourceID.from_uuid(uuid_property, field="uuid")
+
+
+# -- sending a rev to a 4.x phone ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OutgoingRev:
+    """The ``rev``/``history`` pair for a revision sent in a version-vector session, and the
+    phone's ``lastLegacyRevID`` the device learns by sending it (``None``: nothing learned)."""
+
+    rev: str
+    history: str | None
+    learned_peer_legacy: str | None = None
+
+
+def outgoing_rev(
+    rev_id: str,
+    vector: HLV | None,
+    ancestry: Sequence[str],
+    known: Sequence[str],
+    peer_legacy: str | None,
+    *,
+    max_history: int = DEFAULT_MAX_HISTORY,
+) -> OutgoingRev:
+    """What to send a 4.x phone for a revision (VV-NOTES §3.3, §7 rule 6).
+
+    ``rev_id``/``vector``: the revision's rev-tree ID and vector (``None`` for a document with
+    no vector yet). ``ancestry``: its rev-tree ancestors, newest first, without ``rev_id``.
+    ``known``: the phone's reply to ``changes`` (its local revision first). ``peer_legacy``:
+    the phone's ``lastLegacyRevID`` for this document as learned earlier (``''`` = it has
+    none, ``None`` = unknown).
+
+    * no vector: rev-tree form, ``history`` cut after the first revision the phone knows;
+    * the phone's copy is the legacy revID ``R``: the vector's history, then the rev-tree chain
+      from ``rev_id`` down to ``R`` (so the phone sees a descendant); the device learns ``R``;
+    * otherwise: the vector's history, then the phone's ``lastLegacyRevID`` if it has one.
+    """
+    if vector is None:
+        return OutgoingRev(rev_id, _rev_tree_history(ancestry, known, max_history))
+    first = known[0] if known else None
+    if first is not None and "@" not in first:
+        chain = [rev_id, *ancestry]
+        if first in chain:
+            tail = chain[: chain.index(first) + 1]
+            return OutgoingRev(str(vector.cv), format_vector_history(vector, tail), first)
+        # The phone's legacy revision is not in our tree: a real conflict, which the phone flags.
+        return OutgoingRev(str(vector.cv), format_vector_history(vector, chain[:max_history]))
+    tail = [peer_legacy] if peer_legacy else []
+    return OutgoingRev(str(vector.cv), format_vector_history(vector, tail))
+
+
+def _rev_tree_history(
+    ancestry: Sequence[str], known: Sequence[str], max_history: int
+) -> str | None:
+    known_set = set(known)
+    sent: list[str] = []
+    for rev_id in ancestry:
+        if len(sent) >= max(max_history, 1):
+            break
+        sent.append(rev_id)
+        if rev_id in known_set:
+            break
+    return format_history(sent) if sent else None
+
+
+def delta_bases(known: Sequence[str]) -> list[Version | str]:
+    """The phone's known revisions as possible delta sources, in its order (its local
+    revision first): versions and legacy revIDs; anything unreadable is skipped."""
+    bases: list[Version | str] = []
+    for entry in known:
+        try:
+            bases.append(parse_revision(entry, "known"))
+        except BadVersion:
+            continue
+    return bases
