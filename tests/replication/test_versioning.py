@@ -95,7 +95,7 @@ def test_proposed_rows_from_the_capture() -> None:
     ]
     rows = parse_proposed_versions(body)
     assert rows[0] == ProposedVersion("doc-000000", v(f"18ecb6b01a350000@{PHONE}"), None, None, 50)
-    assert rows[1].parent == VersionWithLegacy(HLV(v(f"18ecb6b01a370000@{PHONE}")))
+    assert rows[1].parent == v(f"18ecb6b01a370000@{PHONE}")
     assert rows[1].proposed is None
     assert rows[2].rev == "2-245ff343a19016fe6ba09c2d37fb6141c68858c1"
     assert rows[2].parent == LEGACY_1
@@ -107,8 +107,7 @@ def test_whole_vector_in_rev_and_parent_columns() -> None:
     (row,) = parse_proposed_versions([["shared", rev, parent, 8]])
     assert row.rev == v("18ecb6c7f6dc0000@9Ajtjpa1Rxixrt7t9TUfIg")
     assert row.proposed == HLV(row.rev, (), (v(f"18ecb6c7745e0000@{PHONE}"),))
-    assert isinstance(row.parent, VersionWithLegacy)
-    assert row.parent.current == v(f"18ecb6b1113c0000@{PASSIVE}")
+    assert row.parent == v(f"18ecb6b1113c0000@{PASSIVE}")
 
 
 @pytest.mark.parametrize(

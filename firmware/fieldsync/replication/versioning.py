@@ -116,12 +116,13 @@ class ProposedVersion:
     ``rev`` is the proposed cv (or a legacy revID for a document the phone never saved since its
     upgrade); ``proposed`` is the whole vector when the column carried one (LiteCore 4.0.x, 4.1
     continuous). ``parent`` is the phone's idea of our current revision: a version, a legacy
-    revID, a whole vector (after a 409 retry), or ``None`` for a new document.
+    revID, or ``None`` for a new document; when the column held a whole vector (after a 409
+    retry) only its first entry is kept, as Sync Gateway does, the rest being validated.
     """
 
     doc_id: str
     rev: Version | str
-    parent: VersionWithLegacy | str | None
+    parent: Version | str | None
     proposed: HLV | None
     body_size: int
 
@@ -146,14 +147,12 @@ def parse_proposed_versions(body: Any) -> list[ProposedVersion]:
             whole = parse_full(rev_text, field)
             proposed = whole.vector
         raw_parent = entry[2] if len(entry) > 2 else None
-        parent: VersionWithLegacy | str | None = None
+        parent: Version | str | None = None
         if raw_parent not in (None, ""):
             parent_field = f"parent of '{doc_id}'"
-            current = extract_current(raw_parent, parent_field)
-            if isinstance(current, str) and raw_parent == current:
-                parent = current
-            else:
-                parent = parse_full(raw_parent, parent_field)
+            parent = extract_current(raw_parent, parent_field)
+            if isinstance(raw_parent, str) and raw_parent.strip() != str(parent):
+                parse_full(raw_parent, parent_field)  # a whole vector: validate all of it
         size = entry[3] if len(entry) > 3 and isinstance(entry[3], int) else 0
         rows.append(ProposedVersion(doc_id, rev, parent, proposed, size))
     return rows
