@@ -1,0 +1,207 @@
+"""Version vectors in the SQLite store: the schema step, the device's source ID and clock, and
+the per-document vector bookkeeping ``Collection`` does on every write (VV-NOTES §7).
+
+Layout (schema version 3, added in place to older files):
+
+* ``peer_info``: ``source_id`` (this database's 22-character source ID, random, made once) and
+  the hybrid logical clock's state (``hlc_last``, ``hlc_peer_time``, ``hlc_peer_wall``). The
+  clock is read and written inside each write transaction, so several processes sharing the
+  file still stamp strictly increasing times.
+* ``docs.hlv``: the current revision's vector in LiteCore's spelling; ``NULL`` for a document
+  nobody changed since the upgrade ("legacy": it is named by ``rev_id`` alone).
+  ``docs.base_legacy``: the rev-tree revID that was current just before the document's first
+  version (LiteCore's ``lastLegacyRevID``).
+* ``revs.hlv`` / ``revs.cv``: the vector each revision carried (``NULL`` for revisions from
+  before the upgrade or body-less ancestors); ``docs.hlv`` is always its winner's.
+* ``peer_legacy``: per (document, 4.x phone) the ``lastLegacyRevID`` the phone last pushed
+  (``''`` = it has none), which decides the legacy tail the phone needs (§0 rule 7).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+import weakref
+from collections.abc import Callable
+
+from fieldsync.store.engine import Engine
+from fieldsync.store.errors import StoreError
+from fieldsync.store.versions import (
+    HLV,
+    ClockState,
+    HybridLogicalClock,
+    SourceID,
+    Version,
+)
+
+_UPGRADE = """
+ALTER TABLE docs ADD COLUMN hlv TEXT;
+ALTER TABLE docs ADD COLUMN base_legacy TEXT;
+ALTER TABLE revs ADD COLUMN hlv TEXT;
+ALTER TABLE revs ADD COLUMN cv TEXT;
+CREATE INDEX revs_by_cv ON revs (doc, cv) WHERE cv IS NOT NULL;
+CREATE TABLE peer_info (
+    key   TEXT PRIMARY KEY,
+    value NOT NULL
+);
+CREATE TABLE peer_legacy (
+    collection INTEGER NOT NULL,
+    doc_id     TEXT NOT NULL,
+    peer       TEXT NOT NULL,
+    legacy_rev TEXT NOT NULL,
+    PRIMARY KEY (collection, doc_id, peer)
+) WITHOUT ROWID
+"""
+
+_SOURCE_KEY = "source_id"
+_CLOCK_KEYS = ("hlc_last", "hlc_peer_time", "hlc_peer_wall")
+
+
+def add_version_vectors(conn: sqlite3.Connection) -> None:
+    """Schema step 3: vector columns and tables, and a new source ID for this database.
+
+    Existing documents keep ``hlv`` NULL (legacy) until their next write, as LiteCore's
+    zero-cost upgrade does; nothing is rewritten, so the step is quick on any size of file.
+    """
+    for statement in _UPGRADE.split(";"):
+        if statement.strip():
+            conn.execute(statement)
+    conn.execute(
+        "INSERT INTO peer_info (key, value) VALUES (?, ?)",
+        (_SOURCE_KEY, SourceID.generate().text),
+    )
+
+
+class DeviceVersions:
+    """A database's source ID and hybrid logical clock, persisted in ``peer_info``."""
+
+    def __init__(self, engine: Engine, *, wall: Callable[[], int] = time.time_ns) -> None:
+        self._engine = engine
+        self._wall = wall
+        self._source: SourceID | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def source_id(self) -> SourceID:
+        """This database's source ID (made when the file was created or upgraded)."""
+        if self._source is None:
+            rows = self._engine.query("SELECT value FROM peer_info WHERE key = ?", (_SOURCE_KEY,))
+            if not rows:
+                raise StoreError(f"database {self._engine.name!r} has no source ID")
+            with self._lock:
+                self._source = SourceID(str(rows[0][0]))
+        return self._source
+
+    def _load_clock(self, conn: sqlite3.Connection) -> HybridLogicalClock:
+        placeholders = ",".join("?" * len(_CLOCK_KEYS))
+        rows = dict(
+            conn.execute(
+                f"SELECT key, value FROM peer_info WHERE key IN ({placeholders})", _CLOCK_KEYS
+            ).fetchall()
+        )
+        state = ClockState(*(int(rows.get(key, 0)) for key in _CLOCK_KEYS))
+        return HybridLogicalClock(state, self._wall)
+
+    @staticmethod
+    def _save_clock(conn: sqlite3.Connection, clock: HybridLogicalClock) -> None:
+        state = clock.state
+        conn.executemany(
+            "INSERT OR REPLACE INTO peer_info (key, value) VALUES (?, ?)",
+            zip(_CLOCK_KEYS, (state.last, state.peer_time, state.peer_wall), strict=True),
+        )
+
+    def stamp(self, conn: sqlite3.Connection, *, after: int = 0) -> Version:
+        """A new version by this database, inside the caller's write transaction."""
+        clock = self._load_clock(conn)
+        version = Version(clock.now(after=after), self.source_id)
+        self._save_clock(conn, clock)
+        return version
+
+    def observe(self, conn: sqlite3.Connection, vector: HLV) -> None:
+        """Move the clock past a received vector (inside the caller's write transaction)."""
+        clock = self._load_clock(conn)
+        before = (clock.state.last, clock.state.peer_time)
+        clock.see_all(vector, mine=self.source_id)
+        if (clock.state.last, clock.state.peer_time) != before:
+            self._save_clock(conn, clock)
+
+    def clock_state(self) -> ClockState:
+        """The persisted clock state (for status output and tests)."""
+        with self._engine.locked() as conn:
+            return self._load_clock(conn).state
+
+
+_devices: weakref.WeakKeyDictionary[Engine, DeviceVersions] = weakref.WeakKeyDictionary()
+_devices_lock = threading.Lock()
+
+
+def device_versions(engine: Engine) -> DeviceVersions:
+    """The ``DeviceVersions`` of the database an engine belongs to (one per engine)."""
+    with _devices_lock:
+        device = _devices.get(engine)
+        if device is None:
+            device = _devices[engine] = DeviceVersions(engine)
+        return device
+
+
+# -- per-document helpers (called by Collection inside its write transactions) ----------------
+
+
+def parse_stored(text: str | None) -> HLV | None:
+    """A vector read back from the store (written by this module, so always well formed)."""
+    return HLV.parse(text, "stored vector") if text is not None else None
+
+
+def revision_vector(conn: sqlite3.Connection, doc_key: int, rev_id: str | None) -> HLV | None:
+    """The vector a stored revision carries, ``None`` if it has none or is unknown."""
+    if rev_id is None:
+        return None
+    row = conn.execute(
+        "SELECT hlv FROM revs WHERE doc = ? AND rev_id = ?", (doc_key, rev_id)
+    ).fetchone()
+    return parse_stored(row[0]) if row else None
+
+
+def record_vectors(conn: sqlite3.Connection, doc_key: int, vectors: dict[str, HLV]) -> None:
+    """Store the vectors of revisions (already inserted) of one document."""
+    conn.executemany(
+        "UPDATE revs SET hlv = ?, cv = ? WHERE doc = ? AND rev_id = ?",
+        [(str(hlv), str(hlv.cv), doc_key, rev_id) for rev_id, hlv in vectors.items()],
+    )
+
+
+def adopt_incoming(incoming: HLV, local: HLV | None) -> HLV:
+    """The vector stored for an accepted 4.x revision: the incoming one, plus local sources it
+    lacks as previous versions (Sync Gateway's ``UpdateWithIncomingHLV``)."""
+    if local is None:
+        return incoming
+    extra = [v for v in local.versions() if incoming.time_of(v.source) is None]
+    if not extra:
+        return incoming
+    return HLV(incoming.cv, incoming.mv, (*incoming.pv, *extra))
+
+
+def get_peer_legacy(engine: Engine, collection: int, doc_id: str, peer: str) -> str | None:
+    rows = engine.query(
+        "SELECT legacy_rev FROM peer_legacy WHERE collection = ? AND doc_id = ? AND peer = ?",
+        (collection, doc_id, peer),
+    )
+    return str(rows[0][0]) if rows else None
+
+
+def set_peer_legacy(
+    conn: sqlite3.Connection, collection: int, doc_id: str, peer: str, legacy_rev: str
+) -> None:
+    conn.execute(
+        "INSERT OR REPLACE INTO peer_legacy (collection, doc_id, peer, legacy_rev) "
+        "VALUES (?, ?, ?, ?)",
+        (collection, doc_id, peer, legacy_rev),
+    )
+
+
+def forget_document(conn: sqlite3.Connection, collection: int, doc_id: str) -> None:
+    """Drop a purged document's per-peer bookkeeping."""
+    conn.execute(
+        "DELETE FROM peer_legacy WHERE collection = ? AND doc_id = ?", (collection, doc_id)
+    )
