@@ -1,11 +1,23 @@
 """A small ctypes wrapper over an externally built LiteCore (the engine inside Couchbase Lite).
 
 Nothing of LiteCore lives in this repository: this module only *loads* a ``libLiteCore.so`` built
-elsewhere (see ``FIELDSYNC_LITECORE_LIB``) and calls its public C API (``c4*.h`` of LiteCore 3.2),
-so interop tests can drive a real Couchbase Lite replicator against fieldsync's listener.
+elsewhere (see ``FIELDSYNC_LITECORE_LIB``, and ``FIELDSYNC_LITECORE41_LIB`` for 4.1) and calls
+its public C API (``c4*.h``), so interop tests can drive a real Couchbase Lite replicator against
+fieldsync's listener.
 
 Entry point: ``LiteCore(lib_path)``; then ``open_db`` -> ``LiteDatabase`` -> ``replicator`` ->
 ``LiteReplicator``. Errors from LiteCore raise ``LiteCoreError`` with its domain, code and message.
+
+Both LiteCore 3.2 and 4.1 load through the same classes: the C structures this module uses have
+the same layout in both, and the one signature that differs (``c4repl_getResponseHeaders``
+returns an owned slice in 4.x) is declared per version. ``LiteCore.major`` tells them apart.
+A 4.x library can open a **version-vector** database (``open_db(..., version_vectors=True)``);
+its replicator then offers only ``BLIP_3+CBMobile_4``. Two libraries (3.2 and 4.1) can be loaded
+into one process: ctypes loads each with ``RTLD_LOCAL`` and LiteCore exports only its C API.
+
+``CblTools`` runs the ``cblpeer``/``cblpassive`` command-line tools built next to a library
+(``<prefix>/bin`` beside ``<prefix>/lib/libLiteCore.so``) as subprocesses: a phone or LiteCore's
+own passive peer in another process.
 """
 
 from __future__ import annotations
@@ -14,7 +26,10 @@ import asyncio
 import ctypes
 import json
 import os
+import re
+import signal
 import ssl
+import subprocess
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -182,6 +197,7 @@ class C4ReplicatorParameters(Structure):
 # -- constants -------------------------------------------------------------------------------------
 
 kC4DB_Create = 0x01
+kC4DB_VersionVectors = 0x08  # LiteCore 4.x: the database uses version vectors (CBMobile_4)
 kDocDeleted, kDocConflicted, kDocHasAttachments, kDocExists = 0x01, 0x02, 0x04, 0x1000
 kRevDeleted, kRevLeaf, kRevHasAttachments, kRevIsConflict = 0x01, 0x02, 0x08, 0x20
 kDocGetCurrentRev, kDocGetAll = 1, 2
@@ -372,6 +388,7 @@ def _declare(lib: ctypes.CDLL) -> None:
         "c4doc_selectNextLeafRevision": (c_bool, [POINTER(C4Document), c_bool, c_bool, e]),
         "c4doc_selectCurrentRevision": (c_bool, [POINTER(C4Document)]),
         "c4doc_getRevisionBody": (FLSlice, [POINTER(C4Document)]),
+        "c4doc_getSelectedRevIDGlobalForm": (FLSliceResult, [POINTER(C4Document)]),
         "c4doc_resolveConflict": (
             c_bool,
             [POINTER(C4Document), FLSlice, FLSlice, FLSlice, c_uint8, e],
@@ -391,7 +408,6 @@ def _declare(lib: ctypes.CDLL) -> None:
         "c4repl_free": (None, [c_void_p]),
         "c4repl_getStatus": (C4ReplicatorStatus, [c_void_p]),
         "c4repl_setProgressLevel": (c_bool, [c_void_p, c_int32, e]),
-        "c4repl_getResponseHeaders": (FLSlice, [c_void_p]),
         "c4log_writeToCallback": (None, [c_int8, LogCallback, c_bool]),
         "c4log_setCallbackLevel": (None, [c_int8]),
         "c4log_getDomain": (c_void_p, [c_char_p, c_bool]),
@@ -418,16 +434,29 @@ def _declare(lib: ctypes.CDLL) -> None:
         fn.argtypes = argtypes
 
 
+_VERSION = re.compile(r"^(\d+)\.(\d+)")
+
+
 class LiteCore:
-    """A loaded ``libLiteCore.so``. One instance per process is enough (logging is global)."""
+    """A loaded ``libLiteCore.so``. One instance per library per process (logging is global)."""
 
     def __init__(self, lib_path: str | os.PathLike[str]) -> None:
         path = Path(lib_path)
         if not path.is_file():
             raise FileNotFoundError(f"LiteCore library not found: {path}")
         self.path = path
-        self.lib = ctypes.CDLL(str(path))
+        # RTLD_LOCAL: a second LiteCore (another version) in the same process keeps its own
+        # symbols; each CDLL object calls into its own copy.
+        self.lib = ctypes.CDLL(str(path), mode=os.RTLD_LOCAL | os.RTLD_NOW)
         _declare(self.lib)
+        match = _VERSION.match(self.version)
+        if match is None:
+            raise LiteCoreError("c4_getVersion", LITECORE_DOMAIN, 0, f"odd version {self.version}")
+        self.major, self.minor = int(match.group(1)), int(match.group(2))
+        # LiteCore 4.x returns the response headers as an owned slice (3.x: a borrowed one).
+        headers = self.lib.c4repl_getResponseHeaders
+        headers.restype = FLSliceResult if self.major >= 4 else FLSlice
+        headers.argtypes = [c_void_p]
         # Couchbase Lite registers LiteCore's built-in WebSocket client at startup; so do we.
         # (Needs a library that includes LiteCoreWebSocket and exports this symbol.)
         self.has_websocket = hasattr(self.lib, "C4RegisterBuiltInWebSocket")
@@ -456,8 +485,18 @@ class LiteCore:
 
     @property
     def version(self) -> str:
-        """LiteCore's version string, e.g. ``"3.2.4"``-based."""
+        """LiteCore's version string, e.g. ``"3.2.4 (0)"`` or ``"4.1.0 (1)"``."""
         return self.take(self.lib.c4_getVersion()).decode()
+
+    @property
+    def supports_version_vectors(self) -> bool:
+        """True for LiteCore 4.x, whose replicator speaks CBMobile_4 for a VV database."""
+        return self.major >= 4
+
+    @property
+    def tools(self) -> CblTools:
+        """``cblpeer``/``cblpassive`` built against this library (may not exist: ``.available``)."""
+        return CblTools.beside(self.path)
 
     @property
     def build_info(self) -> str:
@@ -548,10 +587,18 @@ class LiteCore:
             if domain:
                 lib.c4log_setLevel(domain, lvl)
 
-    def open_db(self, directory: str | os.PathLike[str], name: str) -> LiteDatabase:
-        """Open (creating if needed) ``<directory>/<name>.cblite2``."""
+    def open_db(
+        self, directory: str | os.PathLike[str], name: str, *, version_vectors: bool = False
+    ) -> LiteDatabase:
+        """Open (creating if needed) ``<directory>/<name>.cblite2``.
+
+        ``version_vectors``: open it as Couchbase Lite 4.x does (``kC4DB_VersionVectors``; an
+        existing rev-tree database is upgraded). Needs LiteCore 4.x.
+        """
+        if version_vectors and not self.supports_version_vectors:
+            raise ValueError(f"version-vector databases need LiteCore 4.x, not {self.version}")
         Path(directory).mkdir(parents=True, exist_ok=True)
-        return LiteDatabase(self, Path(directory), name)
+        return LiteDatabase(self, Path(directory), name, version_vectors=version_vectors)
 
 
 class _Stderr:
@@ -573,15 +620,18 @@ _STDERR = _Stderr()
 class LiteDatabase:
     """An open LiteCore database (C4Database) with document, blob and collection helpers."""
 
-    def __init__(self, lc: LiteCore, directory: Path, name: str) -> None:
+    def __init__(
+        self, lc: LiteCore, directory: Path, name: str, *, version_vectors: bool = False
+    ) -> None:
         self.lc = lc
         self.lib = lc.lib
         self.directory = directory
         self.name = name
+        self.version_vectors = version_vectors
         self._dir_bytes = str(directory).encode()
         config = C4DatabaseConfig2()
         config.parentDirectory = _slice(self._dir_bytes)
-        config.flags = kC4DB_Create
+        config.flags = kC4DB_Create | (kC4DB_VersionVectors if version_vectors else 0)
         err = C4Error()
         name_b = name.encode()
         ptr = self.lib.c4db_openNamed(_slice(name_b), byref(config), byref(err))
@@ -746,10 +796,12 @@ class LiteDatabase:
     def _describe(self, doc: Any) -> dict[str, Any]:
         d = doc.contents
         history = self.lc.take(self.lib.c4doc_getRevisionHistory(doc, 0, None, 0)).decode()
+        global_rev = self.lc.take(self.lib.c4doc_getSelectedRevIDGlobalForm(doc)).decode()
         deleted = bool(d.flags & kDocDeleted)
         return {
             "id": _bytes(d.docID).decode(),
             "revID": _bytes(d.revID).decode(),
+            "globalRevID": global_rev,
             "sequence": int(d.sequence),
             "deleted": deleted,
             "conflicted": bool(d.flags & kDocConflicted),
@@ -759,9 +811,14 @@ class LiteDatabase:
         }
 
     def get(self, doc_id: str, collection: str = DEFAULT_COLLECTION) -> dict[str, Any] | None:
-        """The current revision as ``{id, revID, sequence, deleted, conflicted, history, body}``.
+        """The current revision as ``{id, revID, globalRevID, sequence, deleted, conflicted,
+        history, body}``.
 
         None if the document does not exist (a tombstone exists: ``deleted`` is true).
+        In a version-vector database ``revID`` is the current version in LiteCore's local form
+        (``<hex time>@*`` when this database wrote it), ``globalRevID`` the same with the real
+        source ID (what peers see), and ``history`` the version vector's entries split at ``,``
+        (in LiteCore's own spelling: ``"cv;"`` may lead, a merge vector ends with ``;``).
         """
         coll = self.collection_handle(collection)
         doc = self._get_doc(coll, doc_id, kDocGetAll)
@@ -1132,7 +1189,8 @@ class LiteReplicator:
 
     def response_headers(self) -> dict[str, Any]:
         """The HTTP response headers of the WebSocket upgrade (after connecting)."""
-        raw = _bytes(self.lib.c4repl_getResponseHeaders(self.handle))
+        result = self.lib.c4repl_getResponseHeaders(self.handle)
+        raw = self.lc.take(result) if isinstance(result, FLSliceResult) else _bytes(result)
         if not raw:
             return {}
         return self._decode_fleece_json(raw)
@@ -1244,3 +1302,225 @@ def pushed_doc_ids(ended: Iterable[DocumentEnded]) -> set[str]:
 def pulled_doc_ids(ended: Iterable[DocumentEnded]) -> set[str]:
     """The IDs of documents pulled without error."""
     return {d.doc_id for d in ended if not d.pushing and not d.error}
+
+
+# -- the command-line tools (cblpeer / cblpassive) as subprocesses ---------------------------------
+
+_LISTENING = re.compile(r"^listening on (ws://\S+?):(\d+)/(\S+)\s*$")
+
+
+@dataclass(frozen=True)
+class ToolRun:
+    """One finished ``cblpeer`` run: exit status, output, and its JSON lines."""
+
+    argv: list[str]
+    returncode: int
+    stdout: str
+    stderr: str
+
+    @property
+    def lines(self) -> list[dict[str, Any]]:
+        """Every stdout line that is a JSON object (``dump`` prints one per document)."""
+        found = []
+        for line in self.stdout.splitlines():
+            if line.startswith("{"):
+                with suppress(ValueError):
+                    found.append(json.loads(line))
+        return found
+
+    @property
+    def result(self) -> dict[str, Any]:
+        """The last JSON line (the result of ``push``/``pull``/``pushpull``/``info``)."""
+        lines = self.lines
+        if not lines:
+            raise AssertionError(f"no JSON from {' '.join(self.argv)}:\n{self.stdout}{self.stderr}")
+        return lines[-1]
+
+
+class CblPassive:
+    """A running ``cblpassive``: LiteCore's own passive replicator on ``ws://127.0.0.1:port``.
+
+    Started by ``CblTools.passive``; ``stop()`` ends it gracefully (SIGTERM) and returns its
+    final ``{"event": "exit", ...}`` line. ``events`` are all JSON lines so far (one
+    ``{"event": "connection", ...}`` per finished connection, with ``docs_received`` etc.).
+    """
+
+    def __init__(self, argv: list[str], db_dir: Path, name: str, timeout: float = 30.0) -> None:
+        self.argv = argv
+        self.db_dir = db_dir
+        self.name = name
+        self.process = subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1
+        )
+        self._lines: list[str] = []
+        self._stderr: list[str] = []
+        self._cond = threading.Condition()
+        self.port = 0
+        threading.Thread(
+            target=self._read, args=(self.process.stdout, self._lines), daemon=True
+        ).start()
+        threading.Thread(
+            target=self._read, args=(self.process.stderr, self._stderr), daemon=True
+        ).start()
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not self.port:
+                for line in self._lines:
+                    match = _LISTENING.match(line)
+                    if match:
+                        self.port = int(match.group(2))
+                if self.port:
+                    break
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    self.process.kill()
+                    raise RuntimeError(
+                        f"cblpassive did not start: {' '.join(argv)}\n"
+                        + "".join(self._lines + self._stderr)
+                    )
+                self._cond.wait(0.05)
+
+    def _read(self, stream: Any, into: list[str]) -> None:
+        for line in stream:
+            with self._cond:
+                into.append(line)
+                self._cond.notify_all()
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def url(self) -> str:
+        """``ws://127.0.0.1:<port>/<name>`` (what a replicator connects to)."""
+        return f"ws://127.0.0.1:{self.port}/{self.name}"
+
+    @property
+    def events(self) -> list[dict[str, Any]]:
+        with self._cond:
+            lines = list(self._lines)
+        found = []
+        for line in lines:
+            if line.startswith("{"):
+                with suppress(ValueError):
+                    found.append(json.loads(line))
+        return found
+
+    @property
+    def connections(self) -> list[dict[str, Any]]:
+        """The ``connection`` events (one per finished connection)."""
+        return [e for e in self.events if e.get("event") == "connection"]
+
+    def wait_connections(self, count: int, timeout: float = 60.0) -> list[dict[str, Any]]:
+        """Block until ``count`` connections have finished; their events."""
+        deadline = time.monotonic() + timeout
+        while len(self.connections) < count:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"cblpassive: {len(self.connections)} of {count} connections")
+            time.sleep(0.05)
+        return self.connections
+
+    @property
+    def stderr(self) -> str:
+        with self._cond:
+            return "".join(self._stderr)
+
+    def stop(self, timeout: float = 30.0) -> dict[str, Any]:
+        """SIGTERM, wait, and return the exit event (``{}`` if it printed none)."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        exits = [e for e in self.events if e.get("event") == "exit"]
+        return exits[-1] if exits else {}
+
+    def __enter__(self) -> CblPassive:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+@dataclass(frozen=True)
+class CblTools:
+    """``cblpeer`` and ``cblpassive`` in ``bin_dir`` (built against one LiteCore version)."""
+
+    bin_dir: Path
+
+    @classmethod
+    def beside(cls, lib_path: str | os.PathLike[str]) -> CblTools:
+        """The tools of a build laid out as ``<prefix>/lib/libLiteCore.so`` + ``<prefix>/bin``."""
+        return cls(Path(lib_path).resolve().parent.parent / "bin")
+
+    @property
+    def cblpeer(self) -> Path:
+        return self.bin_dir / "cblpeer"
+
+    @property
+    def cblpassive(self) -> Path:
+        return self.bin_dir / "cblpassive"
+
+    @property
+    def available(self) -> bool:
+        return all(os.access(p, os.X_OK) for p in (self.cblpeer, self.cblpassive))
+
+    def peer(
+        self,
+        db_dir: str | os.PathLike[str],
+        command: str,
+        *args: str,
+        url: str | None = None,
+        name: str = "cblpeer",
+        vv: bool = False,
+        collections: Sequence[str] = (),
+        options: Sequence[str] = (),
+        timeout: float = 600.0,
+        taskset: str | None = None,
+    ) -> ToolRun:
+        """Run ``cblpeer --db DIR --name NAME [--url URL] [--vv] [options] COMMAND args...``.
+
+        ``options`` go before the command (e.g. ``["--gen", "100", "--size", "1024"]``).
+        ``taskset``: a CPU list to pin it to (``taskset -c``).
+        """
+        argv = [str(self.cblpeer), "--db", str(db_dir), "--name", name]
+        if url is not None:
+            argv += ["--url", url]
+        if vv:
+            argv.append("--vv")
+        for c in collections:
+            argv += ["--collection", c]
+        argv += [*options, command, *args]
+        if taskset is not None:
+            argv = ["taskset", "-c", taskset, *argv]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+        return ToolRun(argv, done.returncode, done.stdout, done.stderr)
+
+    def passive(
+        self,
+        db_dir: str | os.PathLike[str],
+        *,
+        name: str = "db",
+        port: int = 0,
+        vv: bool = False,
+        collections: Sequence[str] = (),
+        delta_sync: bool = False,
+        read_only: bool = False,
+        options: Sequence[str] = (),
+        taskset: str | None = None,
+    ) -> CblPassive:
+        """Start ``cblpassive`` on 127.0.0.1 (``port`` 0: a free one) and wait until it listens."""
+        argv = [str(self.cblpassive), "--db", str(db_dir), "--name", name, "--port", str(port)]
+        if vv:
+            argv.append("--vv")
+        for c in collections:
+            argv += ["--collection", c]
+        if delta_sync:
+            argv.append("--delta-sync")
+        if read_only:
+            argv.append("--read-only")
+        argv += list(options)
+        if taskset is not None:
+            argv = ["taskset", "-c", taskset, *argv]
+        return CblPassive(argv, Path(db_dir), name)
