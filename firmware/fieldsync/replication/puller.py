@@ -246,7 +246,7 @@ class Puller:
         blobs = self._database.blobs
         for blob in find_blobs(document):
             digest = blob.get("digest")
-            if not isinstance(digest, str) or blobs.has(digest):
+            if not isinstance(digest, str) or blobs.claim(digest):  # see store.maintenance
                 continue
             fetch = self._blob_fetches.get(digest)
             if fetch is None:

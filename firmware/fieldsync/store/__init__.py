@@ -16,6 +16,7 @@ from fieldsync.store.errors import (
     NotFoundError,
     StoreError,
 )
+from fieldsync.store.maintenance import MaintenancePolicy, MaintenanceResult, MaintenanceType
 from fieldsync.store.models import Change, Document, IncomingRevision, InsertResult, Revision
 from fieldsync.store.paths import default_database_path
 
@@ -32,6 +33,9 @@ __all__ = [
     "IncomingRevision",
     "InsertResult",
     "InvalidInput",
+    "MaintenancePolicy",
+    "MaintenanceResult",
+    "MaintenanceType",
     "NotFoundError",
     "Revision",
     "StoreError",

@@ -32,6 +32,8 @@ BLOB_TYPE = "blob"
 LEGACY_ATTACHMENTS = "_attachments"
 _SUFFIX = ".blob"
 _TEMP_PREFIX = ".tmp-"
+#: A blob being garbage-collected is first renamed to this prefix (see ``BlobStore.collect``).
+_TRASH_PREFIX = ".trash-"
 #: Temporary files older than this are leftovers of a crashed writer.
 _STALE_TEMP_SECONDS = 3600
 
@@ -207,6 +209,8 @@ class BlobStore:
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
         self._remove_stale_temp_files()
+        with contextlib.suppress(OSError):
+            self.restore_trash()
 
     def path_for(self, digest: str) -> Path:
         """The file holding the blob ``digest`` (whether or not it exists)."""
@@ -250,6 +254,64 @@ class BlobStore:
         """A streaming writer; with ``expected_digest`` the content is verified on finish."""
         return BlobWriter(self, expected_digest)
 
+    def claim(self, digest: str) -> bool:
+        """Whether the blob is stored, and if so protect it from garbage collection for the
+        grace period (its mtime is refreshed). Code that skips fetching or writing a blob
+        because it is already here must use this, not ``has``, so that a blob no committed
+        revision references yet cannot be collected before the revision is committed."""
+        try:
+            path = self.path_for(digest)
+        except InvalidInput:
+            return False
+        try:
+            os.utime(path)
+            # utime resolved the name before a concurrent collector may have renamed it away;
+            # the name still existing afterwards proves the collector will see the new mtime.
+            return path.is_file()
+        except FileNotFoundError:
+            return False
+
+    def collect(self, digest: str, older_than: float) -> int | None:
+        """Remove an unreferenced blob if its mtime is older than ``older_than`` (a
+        ``time.time()`` value); return the bytes freed, or ``None`` if it was kept or absent.
+
+        Two steps, so that a concurrent ``claim`` or ``writer`` always wins: the file is renamed
+        to a trash name, its mtime is read again, and it is put back if it was refreshed. A
+        crash between the steps leaves a trash file that ``restore_trash`` puts back.
+        The caller must know that no committed revision references the blob.
+        """
+        path = self.path_for(digest)
+        try:
+            if path.stat().st_mtime >= older_than:
+                return None
+            trash = self.path / (_TRASH_PREFIX + path.name)
+            os.rename(path, trash)
+        except FileNotFoundError:
+            return None
+        stat = trash.stat()
+        if stat.st_mtime >= older_than:
+            os.replace(trash, path)  # claimed meanwhile: keep it
+            return None
+        trash.unlink()
+        return stat.st_size
+
+    def restore_trash(self) -> int:
+        """Put back blobs a crashed collection left renamed; return how many."""
+        restored = 0
+        for entry in self.path.glob(_TRASH_PREFIX + "*" + _SUFFIX):
+            target = self.path / entry.name[len(_TRASH_PREFIX) :]
+            with contextlib.suppress(FileNotFoundError):
+                if target.exists():
+                    entry.unlink()  # a writer stored the same content again meanwhile
+                else:
+                    os.replace(entry, target)
+                    restored += 1
+        return restored
+
+    def sync_directory(self) -> None:
+        """Make renames and removals in the blob directory durable."""
+        _fsync_directory(self.path)
+
     def delete(self, digest: str) -> bool:
         """Remove a blob; ``True`` if it existed."""
         try:
@@ -262,7 +324,7 @@ class BlobStore:
         """The digests of all stored blobs."""
         for entry in self.path.iterdir():
             name = entry.name
-            if name.startswith(_TEMP_PREFIX) or not name.endswith(_SUFFIX):
+            if name.startswith((_TEMP_PREFIX, _TRASH_PREFIX)) or not name.endswith(_SUFFIX):
                 continue
             digest = DIGEST_PREFIX + name[: -len(_SUFFIX)].replace("_", "/")
             try:

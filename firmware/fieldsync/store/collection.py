@@ -7,9 +7,10 @@ import sqlite3
 import uuid
 from collections.abc import Iterable, Sequence
 from contextlib import AbstractContextManager
+from datetime import datetime
 from typing import Any, NamedTuple, Protocol
 
-from fieldsync.store import revid
+from fieldsync.store import expiry, revid
 from fieldsync.store.bodies import EMPTY_BODY, decode_incoming, decode_stored, encode_body
 from fieldsync.store.engine import Engine
 from fieldsync.store.errors import ConflictError, InvalidInput, NotFoundError
@@ -256,15 +257,27 @@ class Collection:
         return document
 
     def purge_document(self, doc_id: str) -> bool:
-        """Erase a document and all its revisions, leaving no tombstone. ``True`` if it
-        existed."""
-        with self._engine.write() as conn:
-            row = self._doc_row(doc_id, conn)
-            if row is None:
-                return False
-            conn.execute("DELETE FROM revs WHERE doc = ?", (row.id,))
-            conn.execute("DELETE FROM docs WHERE id = ?", (row.id,))
-        return True
+        """Erase a document, all its revisions and its expiration, leaving no tombstone (a
+        purge is local: it does not replicate). ``True`` if it existed."""
+        return expiry.purge(self._engine, self.id, doc_id)
+
+    def purge(self, doc_id: str) -> bool:
+        """Couchbase Lite's ``Collection.purge``: same as ``purge_document``."""
+        return self.purge_document(doc_id)
+
+    def set_document_expiration(self, doc_id: str, expiration: float | datetime | None) -> None:
+        """Purge the document automatically at ``expiration`` (epoch seconds or an aware
+        ``datetime``); ``None`` clears it. ``NotFoundError`` if the document does not exist.
+        Expired documents are purged by a running ``Housekeeper`` and by COMPACT."""
+        if isinstance(expiration, datetime):
+            if expiration.tzinfo is None:
+                raise InvalidInput("expiration datetime must carry a time zone")
+            expiration = expiration.timestamp()
+        expiry.set_expiration(self._engine, self.id, check_doc_id(doc_id), expiration)
+
+    def get_document_expiration(self, doc_id: str) -> float | None:
+        """The document's expiration (epoch seconds), or ``None`` if it has none."""
+        return expiry.get_expiration(self._engine, self.id, doc_id)
 
     def _put_local(
         self, doc_id: str, data: bytes, *, deleted: bool, expected_rev: str | None

@@ -21,6 +21,14 @@ from fieldsync.store.blobs import BlobStore, find_blobs
 from fieldsync.store.collection import Collection
 from fieldsync.store.engine import Engine
 from fieldsync.store.errors import CheckpointConflict, InvalidInput, NotFoundError, StoreError
+from fieldsync.store.maintenance import (
+    MaintenancePolicy,
+    MaintenanceResult,
+    MaintenanceType,
+    Progress,
+    load_last_result,
+    perform_maintenance,
+)
 from fieldsync.store.paths import BLOBS_DIR, DATABASE_FILE
 from fieldsync.store.schema import connect
 
@@ -342,6 +350,24 @@ class Database:
     def missing_blobs(self, body: dict[str, Any]) -> list[dict[str, Any]]:
         """The blob references in ``body`` whose content is not in the blob store."""
         return [blob for blob in find_blobs(body) if not self.blobs.has(blob["digest"])]
+
+    # -- maintenance -------------------------------------------------------------------------
+
+    def perform_maintenance(
+        self,
+        kind: MaintenanceType,
+        *,
+        policy: MaintenancePolicy | None = None,
+        progress: Progress | None = None,
+    ) -> MaintenanceResult:
+        """Couchbase Lite's ``performMaintenance``: COMPACT, REINDEX, INTEGRITY_CHECK, OPTIMIZE
+        or FULL_OPTIMIZE (see ``fieldsync.store.maintenance`` for what COMPACT keeps and why).
+        Blocking; safe while replication runs and against a crash at any point."""
+        return perform_maintenance(self, kind, policy=policy, progress=progress)
+
+    def last_maintenance(self) -> MaintenanceResult | None:
+        """The result of the last maintenance run on this database (any process), if any."""
+        return load_last_result(self.engine)
 
     # -- information -------------------------------------------------------------------------
 

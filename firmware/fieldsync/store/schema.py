@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 
 from fieldsync.store.errors import StoreError
+from fieldsync.store.expiry import add_expiry_table
 
-SCHEMA_VERSION = 1
 #: How long a writer waits for another process's write transaction before giving up.
 BUSY_TIMEOUT_SECONDS = 10.0
+#: SD wear: after a checkpoint the WAL file is truncated to at most this size (LiteCore: 5 MB),
+#: and SQLite checkpoints automatically every ``WAL_AUTOCHECKPOINT_PAGES`` pages (4 MiB at
+#: 4 KiB pages), so the WAL stays bounded instead of growing with the busiest burst.
+JOURNAL_SIZE_LIMIT = 4 * 1024 * 1024
+WAL_AUTOCHECKPOINT_PAGES = 1000
 
 _TABLES = """
 CREATE TABLE collections (
@@ -56,6 +62,15 @@ CREATE TABLE local_values (
 INSERT INTO collections (scope, name) VALUES ('_default', '_default');
 """
 
+#: Schema upgrades, in order: ``(version reached, step)``. Each step runs in its own
+#: ``BEGIN IMMEDIATE`` transaction that also sets ``user_version``, so an interrupted upgrade
+#: leaves the file at a whole version and the next open continues from there.
+#: 2 (maint, issue 14): per-document expiration. 3+: vv-core (issue 12).
+UPGRADES: list[tuple[int, Callable[[sqlite3.Connection], None]]] = [
+    (2, add_expiry_table),
+]
+SCHEMA_VERSION = UPGRADES[-1][0] if UPGRADES else 1
+
 
 def connect(path: Path) -> sqlite3.Connection:
     """Open ``path`` in WAL mode with fully synchronous commits and an up-to-date schema."""
@@ -63,11 +78,17 @@ def connect(path: Path) -> sqlite3.Connection:
         path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_SECONDS
     )
     try:
+        if conn.execute("PRAGMA user_version").fetchone()[0] == 0:
+            # Must precede the first write of a new file (even the WAL header), or it needs a
+            # full VACUUM: freed pages are then given back by ``PRAGMA incremental_vacuum``.
+            conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
         mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
         if str(mode).lower() != "wal":
             raise StoreError(f"cannot use write-ahead logging on {path} (journal mode {mode})")
         conn.execute("PRAGMA synchronous=FULL")
         conn.execute("PRAGMA foreign_keys=OFF")
+        conn.execute(f"PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT}")
+        conn.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
         _migrate(conn, path)
     except sqlite3.DatabaseError as exc:
         conn.close()
@@ -87,16 +108,34 @@ def _migrate(conn: sqlite3.Connection, path: Path) -> None:
             f"{path} has schema version {version}; this fieldsync understands up to "
             f"{SCHEMA_VERSION}"
         )
+    if version == 0:
+        _run_step(conn, 0, 1, _create_base_tables)
+    for target, step in UPGRADES:
+        _run_step(conn, target - 1, target, step)
+
+
+def _create_base_tables(conn: sqlite3.Connection) -> None:
+    # (no semicolons inside the statements or their comments)
+    for statement in _TABLES.split(";"):
+        if statement.strip():
+            conn.execute(statement)
+
+
+def _run_step(
+    conn: sqlite3.Connection,
+    source: int,
+    target: int,
+    step: Callable[[sqlite3.Connection], None],
+) -> None:
+    """Run ``step`` if the file is at version ``source``, in one transaction ending at
+    ``target``. Another process may have run it while we waited for the lock."""
+    if conn.execute("PRAGMA user_version").fetchone()[0] != source:
+        return
     conn.execute("BEGIN IMMEDIATE")
     try:
-        # Another process may have created the schema while we waited for the lock.
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        if version == 0:
-            # (no semicolons inside the statements or their comments)
-            for statement in _TABLES.split(";"):
-                if statement.strip():
-                    conn.execute(statement)
-            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        if conn.execute("PRAGMA user_version").fetchone()[0] == source:
+            step(conn)
+            conn.execute(f"PRAGMA user_version={target}")
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
