@@ -6,7 +6,7 @@ from fieldsync.replication.active import (
     ReplicatorResult,
     ReplicatorType,
 )
-from fieldsync.replication.pusher import ReplicationError
+from fieldsync.replication.errors import ReplicationError
 
 __all__ = [
     "ReplicationError",

@@ -5,6 +5,14 @@
     fieldsync db [--db PATH] list [--collection SCOPE.NAME] [--since SEQ] [--limit N] [--all]
     fieldsync db [--db PATH] delete [--collection SCOPE.NAME] [--rev REV] DOC_ID
     fieldsync db [--db PATH] info [--json]
+    fieldsync db [--db PATH] compact [--tombstone-days N] [--peer-retention-days N] [--json]
+    fieldsync db [--db PATH] check [--json]
+    fieldsync db [--db PATH] purge [--collection SCOPE.NAME] DOC_ID
+    fieldsync db [--db PATH] expire [--collection SCOPE.NAME] DOC_ID WHEN
+
+``compact`` and ``check`` report progress on standard error. ``WHEN`` is an ISO 8601 time
+(``2026-12-01T06:00:00+00:00``; no zone = local time), a delay (``+30s``, ``+15m``, ``+12h``,
+``+7d``), epoch seconds, or ``never`` to clear the expiration.
 
 ``put`` reads the document JSON from standard input when it is not given (or is ``-``).
 Errors are one line on standard error and exit status 1.
@@ -14,12 +22,23 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sqlite3
 import sys
+import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from fieldsync.store import Collection, Database, StoreError
+from fieldsync.store import (
+    Collection,
+    Database,
+    MaintenancePolicy,
+    MaintenanceResult,
+    MaintenanceType,
+    StoreError,
+)
+from fieldsync.store.maintenance import DAY, free_bytes
 from fieldsync.store.names import DEFAULT_COLLECTION, DEFAULT_SCOPE
 from fieldsync.store.paths import default_database_path
 
@@ -91,6 +110,51 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     info.add_argument("--json", action="store_true", help="machine-readable output")
     info.set_defaults(func=cmd_info)
+
+    compact = commands.add_parser(
+        "compact",
+        parents=[db_option],
+        help="purge expired documents and old tombstones, remove unused blobs, reclaim space",
+    )
+    compact.add_argument(
+        "--tombstone-days",
+        type=float,
+        default=None,
+        metavar="N",
+        help="purge deletions older than this that every phone has pulled (default: 30)",
+    )
+    compact.add_argument(
+        "--peer-retention-days",
+        type=float,
+        default=None,
+        metavar="N",
+        help="a phone silent for longer no longer holds tombstones back (default: 90)",
+    )
+    compact.add_argument("--json", action="store_true", help="machine-readable result")
+    compact.set_defaults(func=cmd_compact)
+
+    check = commands.add_parser(
+        "check", parents=[db_option], help="verify SQLite, every blob's digest and every rev tree"
+    )
+    check.add_argument("--json", action="store_true", help="machine-readable result")
+    check.set_defaults(func=cmd_check)
+
+    purge = commands.add_parser(
+        "purge",
+        parents=[db_option, collection_option],
+        help="erase a document locally, with no tombstone (not replicated)",
+    )
+    purge.add_argument("doc_id", metavar="DOC_ID")
+    purge.set_defaults(func=cmd_purge)
+
+    expire = commands.add_parser(
+        "expire",
+        parents=[db_option, collection_option],
+        help="purge a document automatically at a time (or 'never')",
+    )
+    expire.add_argument("doc_id", metavar="DOC_ID")
+    expire.add_argument("when", metavar="WHEN", help="ISO time, +30s/+15m/+12h/+7d, or never")
+    expire.set_defaults(func=cmd_expire)
 
 
 def _usage(parser: argparse.ArgumentParser) -> int:
@@ -217,8 +281,11 @@ def cmd_info(args: argparse.Namespace) -> int:
             "size": db.disk_size(),
             "blobs": len(digests),
             "blob_bytes": db.blobs.total_size(),
+            "free_bytes": free_bytes(db.path),
             "collections": collections,
         }
+        last = db.last_maintenance()
+        info["last_maintenance"] = None if last is None else last.summary()
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
@@ -226,6 +293,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"name        {info['name']}")
     print(f"size        {info['size']} bytes on disk")
     print(f"blobs       {info['blobs']} ({info['blob_bytes']} bytes)")
+    print(f"free space  {info['free_bytes']} bytes")
+    print(f"maintenance {info['last_maintenance'] or 'never run'}")
     width = max(len("collection"), *(len(c["name"]) for c in collections))
     print(f"{'collection':<{width}}  {'documents':>9}  {'deleted':>7}  {'last sequence':>13}")
     for c in collections:
@@ -233,4 +302,124 @@ def cmd_info(args: argparse.Namespace) -> int:
             f"{c['name']:<{width}}  {c['documents']:>9}  {c['deleted']:>7}  "
             f"{c['last_sequence']:>13}"
         )
+    return 0
+
+
+# -- maintenance ---------------------------------------------------------------------------------
+
+
+class ProgressPrinter:
+    """Progress of long maintenance on stderr: one rewritten line on a terminal, otherwise a
+    line per phase and at most one every few seconds (for logs)."""
+
+    def __init__(self, prefix: str, stream: Any = None) -> None:
+        self._prefix = prefix
+        self._stream = stream if stream is not None else sys.stderr
+        self._tty = bool(getattr(self._stream, "isatty", lambda: False)())
+        self._phase = ""
+        self._last = 0.0
+
+    def __call__(self, phase: str, done: int, total: int) -> None:
+        now = time.monotonic()
+        changed = phase != self._phase
+        if not changed and now - self._last < (0.2 if self._tty else 5.0) and done != total:
+            return
+        self._phase, self._last = phase, now
+        text = f"{self._prefix}: {phase} {done}/{total}" if total else f"{self._prefix}: {phase}"
+        if self._tty:
+            self._stream.write("\r\x1b[K" + text)
+        else:
+            self._stream.write(text + "\n")
+        self._stream.flush()
+
+    def finish(self) -> None:
+        if self._tty and self._phase:
+            self._stream.write("\r\x1b[K")
+            self._stream.flush()
+
+
+_DELAY = re.compile(r"\+(\d+(?:\.\d+)?)([smhd])")
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": DAY}
+
+
+def parse_when(text: str, now: float | None = None) -> float | None:
+    """An expiration given on the command line: epoch seconds, or ``None`` for never."""
+    now = time.time() if now is None else now
+    text = text.strip()
+    if text.lower() in ("never", "none", "clear"):
+        return None
+    delay = _DELAY.fullmatch(text)
+    if delay:
+        return now + float(delay.group(1)) * _UNITS[delay.group(2)]
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise CommandError(
+            f"cannot read {text!r} as a time: use ISO 8601 (2026-12-01T06:00:00+00:00), "
+            "+30s/+15m/+12h/+7d, epoch seconds, or never"
+        ) from None
+    return when.timestamp()  # a naive time is local time
+
+
+def _print_result(result: MaintenanceResult, as_json: bool) -> None:
+    if as_json:
+        print(result.to_json().decode())
+        return
+    print(result.summary())
+    for problem in result.problems:
+        print(f"  {problem}")
+
+
+@_guarded
+def cmd_compact(args: argparse.Namespace) -> int:
+    policy = MaintenancePolicy()
+    if args.tombstone_days is not None:
+        policy.tombstone_purge_interval = args.tombstone_days * DAY
+    if args.peer_retention_days is not None:
+        policy.peer_retention = args.peer_retention_days * DAY
+    progress = ProgressPrinter("compact")
+    with _open(args) as db:
+        try:
+            result = db.perform_maintenance(
+                MaintenanceType.COMPACT, policy=policy, progress=progress
+            )
+        finally:
+            progress.finish()
+    _print_result(result, args.json)
+    return 0 if result.ok else 1
+
+
+@_guarded
+def cmd_check(args: argparse.Namespace) -> int:
+    progress = ProgressPrinter("check")
+    with _open(args) as db:
+        try:
+            result = db.perform_maintenance(MaintenanceType.INTEGRITY_CHECK, progress=progress)
+        finally:
+            progress.finish()
+    _print_result(result, args.json)
+    return 0 if result.ok else 1
+
+
+@_guarded
+def cmd_purge(args: argparse.Namespace) -> int:
+    with _open(args) as db:
+        collection = _collection(db, args)
+        if not collection.purge(args.doc_id):
+            raise CommandError(f"no document {args.doc_id!r} in {collection.full_name}")
+    _print_json({"id": args.doc_id, "purged": True})
+    return 0
+
+
+@_guarded
+def cmd_expire(args: argparse.Namespace) -> int:
+    when = parse_when(args.when)
+    with _open(args) as db:
+        _collection(db, args).set_document_expiration(args.doc_id, when)
+    expires = None if when is None else datetime.fromtimestamp(when).astimezone().isoformat()
+    _print_json({"id": args.doc_id, "expires": expires})
     return 0

@@ -10,12 +10,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import hashlib
 import json
 import logging
 import ssl
-import time
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
@@ -23,12 +20,13 @@ from typing import Any
 
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidHandshake, InvalidStatus
+from websockets.typing import Subprotocol
 
 from fieldsync.blip import BLIPSession, IncomingRequest
-from fieldsync.replication import decisions
-from fieldsync.replication.blobs import BlobServer
+from fieldsync.replication import checkpoints, decisions
+from fieldsync.replication.checkpoints import CHECKPOINT_SAVE_INTERVAL, CollectionCheckpoint
 from fieldsync.replication.deltas import make_delta_encoder
-from fieldsync.replication.inserter import Inserter
+from fieldsync.replication.errors import ReplicationError
 from fieldsync.replication.messages import (
     CHANGES,
     CHANGES_BATCH_SIZE,
@@ -39,7 +37,6 @@ from fieldsync.replication.messages import (
     PROPOSE_CHANGES,
     PROVE_ATTACHMENT,
     REV,
-    SET_CHECKPOINT,
     SUB_CHANGES,
     SUPPORTED_SUBPROTOCOLS,
     encode_json,
@@ -47,15 +44,23 @@ from fieldsync.replication.messages import (
 )
 from fieldsync.replication.notifier import ChangeNotifier
 from fieldsync.replication.ports import ReplicatedCollection, ReplicatedDatabase
-from fieldsync.replication.puller import Puller
-from fieldsync.replication.pusher import Pusher, PushOptions, ReplicationError
-from fieldsync.replication.sequences import SequenceTracker
+from fieldsync.replication.puller import PullerHooks
+from fieldsync.replication.pusher import Pusher, PushOptions
+from fieldsync.replication.pushmodes import ProposeMode
+from fieldsync.replication.routing import CollectionRouter
+from fieldsync.replication.session import ReplicationSession
 from fieldsync.replication.stats import ReplicationStats
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_SAVE_INTERVAL = 1.0
-LOCAL_ID_KEY = "replicator/local-uuid"
+__all__ = [
+    "CHECKPOINT_SAVE_INTERVAL",
+    "ReplicationError",
+    "Replicator",
+    "ReplicatorConfiguration",
+    "ReplicatorResult",
+    "ReplicatorType",
+]
 
 
 class ReplicatorType(Enum):
@@ -100,36 +105,25 @@ class ReplicatorResult:
 
 
 class _CollectionState:
-    """Per collection: its checkpoint and the sequences in progress each way."""
+    """Per collection: its index on the wire, its checkpoint and the pull's progress."""
 
     def __init__(
         self, collection: ReplicatedCollection, index: int | None, checkpoint_id: str
     ) -> None:
         self.collection = collection
         self.index = index
-        self.checkpoint_id = checkpoint_id
-        self.checkpoint_rev: str | None = None
-        self.push_tracker = SequenceTracker(0)
-        self.pull_tracker = SequenceTracker(None)
-        self.pull_caught_up = asyncio.Event()
-        self.last_pull_announced: Any = None
-        self.saved: tuple[Any, Any] | None = None
+        self.checkpoint = CollectionCheckpoint(checkpoint_id)
+        self.last_pull_announced: object = None
+        self.pull_caught_up = False
+        #: Set once the peer said it is caught up and every revision it announced is done.
+        self.pull_done = asyncio.Event()
         self.pusher: Pusher | None = None
-        #: The revision the remote is known to have of each document (the serverRevID to
-        #: propose against), kept in the local database between runs.
-        self.remote_revs: dict[str, str] = {}
 
-    @property
-    def remote_revs_key(self) -> str:
-        return "remote-revs/" + self.checkpoint_id
-
-    def checkpoint_body(self) -> dict[str, Any]:
-        body: dict[str, Any] = {"time": int(time.time())}
-        if self.push_tracker.checkpoint:
-            body["local"] = self.push_tracker.checkpoint
-        if self.pull_tracker.checkpoint is not None:
-            body["remote"] = self.pull_tracker.checkpoint
-        return body
+    def pull_progressed(self) -> None:
+        if self.pull_caught_up and not self.checkpoint.pull_tracker.pending_count:
+            self.pull_done.set()
+        else:
+            self.pull_done.clear()
 
 
 class Replicator:
@@ -139,11 +133,9 @@ class Replicator:
         self.config = config
         self.stats = ReplicationStats()
         self._stop = asyncio.Event()
-        self._session: BLIPSession | None = None
         self._states: list[_CollectionState] = []
         self._by_index: dict[int | None, _CollectionState] = {}
         self._conflicts: list[tuple[str, str]] = []
-        self._inserter = Inserter()
 
     def stop(self) -> None:
         """Ask a running replication (typically a continuous one) to finish."""
@@ -162,8 +154,7 @@ class Replicator:
             headers["Authorization"] = "Basic " + base64.b64encode(token).decode()
         return headers
 
-    async def run(self) -> ReplicatorResult:
-        """Replicate until done (one-shot) or until ``stop()`` (continuous)."""
+    async def _connect(self) -> BLIPSession:
         endpoint = self._endpoint()
         ssl_context = self.config.ssl_context
         if endpoint.startswith("wss://") and ssl_context is None:
@@ -171,7 +162,7 @@ class Replicator:
         try:
             websocket = await connect(
                 endpoint,
-                subprotocols=list(SUPPORTED_SUBPROTOCOLS),
+                subprotocols=[Subprotocol(name) for name in SUPPORTED_SUBPROTOCOLS],
                 additional_headers=self._headers(),
                 compression=None,
                 max_size=None,
@@ -186,23 +177,34 @@ class Replicator:
             ) from exc
         except (InvalidHandshake, OSError) as exc:
             raise ReplicationError(f"cannot connect to {endpoint}: {exc}") from exc
-        session = BLIPSession(websocket, name=self.config.url)
-        self._session = session
-        self.stats.byte_counter = session.protocol
-        reader = asyncio.get_running_loop().create_task(session.run())
-        notifier = ChangeNotifier(self.config.database)
-        notifier.acquire()
+        return BLIPSession(websocket, name=self.config.url)
+
+    async def run(self) -> ReplicatorResult:
+        """Replicate until done (one-shot) or until ``stop()`` (continuous)."""
+        blip = await self._connect()
+        session = ReplicationSession(
+            blip,
+            self.config.database,
+            notifier=ChangeNotifier(self.config.database),
+            router=CollectionRouter(None, {}),
+            stats=self.stats,
+            accept_deltas=self.config.enable_delta_sync,
+            hooks=PullerHooks(
+                sequence_done=self._pull_sequence_done,
+                caught_up=self._pull_caught_up,
+                stored=self._pulled,
+            ),
+        )
+        reader = asyncio.get_running_loop().create_task(blip.run())
+        session.notifier.acquire()
         try:
-            await self._replicate(session, notifier, reader)
+            await self._replicate(session, reader)
         finally:
-            notifier.release()
-            for state in self._states:
-                if state.pusher is not None:
-                    await state.pusher.close()
-            self._inserter.close()
+            session.notifier.release()
+            await session.close()
             with contextlib.suppress(Exception):
-                await self._save_checkpoints(session)
-            await session.close(1000, "")
+                await self._save_checkpoints(blip)
+            await blip.close(1000, "")
             reader.cancel()
             with contextlib.suppress(BaseException):
                 await reader
@@ -216,69 +218,57 @@ class Replicator:
             self.stats.bytes_in,
         )
 
-    async def _replicate(
-        self, session: BLIPSession, notifier: ChangeNotifier, reader: asyncio.Task[None]
-    ) -> None:
-        database = self.config.database
-        puller = Puller(
-            session,
-            database,
-            stats=self.stats,
-            inserter=self._inserter,
-            accept_deltas=self.config.enable_delta_sync,
-            on_sequence_done=self._pull_sequence_done,
-            on_caught_up=self._pull_caught_up,
-            on_stored=self._pulled,
-        )
-        blobs = BlobServer(database, self.stats)
-        self._register(session, puller, blobs)
+    async def _replicate(self, session: ReplicationSession, reader: asyncio.Task[None]) -> None:
+        self._register(session)
         await self._open_checkpoints(session)
 
         jobs: list[asyncio.Future[Any]] = []
         if self.config.pull:
             for state in self._states:
-                await self._subscribe(session, state)
+                await self._subscribe(session.blip, state)
                 jobs.append(asyncio.ensure_future(self._pull_done(state)))
         if self.config.push:
             for state in self._states:
-                state.pusher = Pusher(
-                    session,
+                checkpoint = state.checkpoint
+                state.pusher = session.add_pusher(
                     state.collection,
                     state.index,
                     options=PushOptions(
                         continuous=self.config.continuous,
-                        since=state.push_tracker.checkpoint or 0,
-                        propose=True,
-                        remote_revs=state.remote_revs,
+                        since=checkpoint.push_tracker.checkpoint or 0,
                         delta_encoder=make_delta_encoder()
                         if self.config.enable_delta_sync
                         else None,
                     ),
-                    stats=self.stats,
-                    notifier=notifier,
-                    served_blobs=blobs.served,
-                    tracker=state.push_tracker,
+                    mode=ProposeMode(checkpoint.remote_revs),
+                    tracker=checkpoint.push_tracker,
                 )
                 jobs.append(asyncio.ensure_future(self._push(state.pusher)))
-        saver = asyncio.ensure_future(self._checkpoint_loop(session))
-        stop = asyncio.ensure_future(self._stop.wait())
+        saver: asyncio.Future[Any] = asyncio.ensure_future(self._checkpoint_loop(session.blip))
+        stop: asyncio.Future[Any] = asyncio.ensure_future(self._stop.wait())
         try:
-            waiting = [*jobs, reader]
+            done: set[asyncio.Future[Any]]
             if self.config.continuous:
-                done, _ = await asyncio.wait([*waiting, stop], return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await asyncio.wait(
+                    [*jobs, reader, stop], return_when=asyncio.FIRST_COMPLETED
+                )
             else:
-                all_jobs = asyncio.gather(*jobs)
+                all_jobs: asyncio.Future[Any] = asyncio.gather(*jobs)
                 done, _ = await asyncio.wait(
                     [all_jobs, reader, stop], return_when=asyncio.FIRST_COMPLETED
                 )
                 if all_jobs in done:
                     all_jobs.result()
             for job in done:
-                if job is not stop and job.done() and not job.cancelled() and job.exception():
-                    raise job.exception()  # type: ignore[misc]
+                if job is stop or not job.done() or job.cancelled():
+                    continue
+                error = job.exception()
+                if error is not None:
+                    raise error
             if reader in done and not self._stop.is_set() and not all(j.done() for j in jobs):
+                blip = session.blip
                 raise ReplicationError(
-                    f"connection closed by peer: {session.close_code} {session.close_reason}"
+                    f"connection closed by peer: {blip.close_code} {blip.close_reason}"
                 )
         finally:
             for task in [*jobs, saver, stop]:
@@ -291,17 +281,18 @@ class Replicator:
         await pusher.run()
         await pusher.wait_idle()
 
-    def _register(self, session: BLIPSession, puller: Puller, blobs: BlobServer) -> None:
-        def route(request: IncomingRequest) -> _CollectionState | None:
-            raw = request.properties.get("collection")
-            index = int(raw) if raw is not None and raw.isdigit() else None
+    def _register(self, session: ReplicationSession) -> None:
+        puller = session.puller
+
+        def state_of(request: IncomingRequest, index: int | None) -> _CollectionState | None:
             state = self._by_index.get(index)
             if state is None:
+                raw = request.properties.get("collection")
                 request.respond_error("HTTP", 400, f"unknown collection {raw!r}")
             return state
 
-        def changes(request: IncomingRequest) -> None:
-            state = route(request)
+        def changes(request: IncomingRequest, _target: object, index: int | None) -> None:
+            state = state_of(request, index)
             if state is None:
                 return
             try:
@@ -309,87 +300,81 @@ class Replicator:
             except ValueError:
                 announced = []
             for change in announced:
-                state.pull_tracker.add(change.sequence)
+                state.checkpoint.pull_tracker.add(change.sequence)
                 state.last_pull_announced = change.sequence
+            state.pull_progressed()
             puller.handle_changes(request, state.collection, state.index)
 
-        async def rev(request: IncomingRequest) -> None:
-            state = route(request)
+        async def rev(request: IncomingRequest, _target: object, index: int | None) -> None:
+            state = state_of(request, index)
             if state is not None:
                 await puller.handle_rev(request, state.collection, state.index)
 
-        def norev(request: IncomingRequest) -> None:
-            if route(request) is not None:
-                puller.handle_norev(request, self._index_of(request))
+        def norev(request: IncomingRequest, _target: object, index: int | None) -> None:
+            if state_of(request, index) is not None:
+                puller.handle_norev(request, index)
 
-        def refuse(request: IncomingRequest) -> None:
+        def refuse(request: IncomingRequest, _target: object, _index: int | None) -> None:
             request.respond_error(
                 "HTTP", 403, "this is an active replicator; it does not accept pushes"
             )
+
+        def get_attachment(request: IncomingRequest, _target: object, _index: int | None) -> None:
+            session.blobs.get_attachment(request)
+
+        def prove_attachment(request: IncomingRequest, _target: object, _i: int | None) -> None:
+            session.blobs.prove_attachment(request)
 
         session.register(CHANGES, changes)
         session.register(REV, rev)
         session.register(NOREV, norev)
         session.register(PROPOSE_CHANGES, refuse)
-        session.register(GET_ATTACHMENT, blobs.get_attachment)
-        session.register(PROVE_ATTACHMENT, blobs.prove_attachment)
+        session.register(GET_ATTACHMENT, get_attachment)
+        session.register(PROVE_ATTACHMENT, prove_attachment)
 
-    @staticmethod
-    def _index_of(request: IncomingRequest) -> int | None:
-        raw = request.properties.get("collection")
-        return int(raw) if raw is not None and raw.isdigit() else None
-
-    def _pull_sequence_done(self, index: int | None, sequence: Any) -> None:
+    def _pull_sequence_done(self, index: int | None, sequence: object) -> None:
         state = self._by_index.get(index)
         if state is not None:
-            state.pull_tracker.complete(sequence)
+            state.checkpoint.pull_tracker.complete(sequence)
+            state.pull_progressed()
 
     def _pulled(self, index: int | None, doc_id: str, rev_id: str) -> None:
         state = self._by_index.get(index)
         if state is not None:
-            state.remote_revs[doc_id] = rev_id
+            state.checkpoint.remote_revs[doc_id] = rev_id
 
     def _pull_caught_up(self, index: int | None) -> None:
         state = self._by_index.get(index)
         if state is not None:
             if state.last_pull_announced is not None:
-                state.pull_tracker.caught_up(state.last_pull_announced)
-            state.pull_caught_up.set()
+                state.checkpoint.pull_tracker.caught_up(state.last_pull_announced)
+            state.pull_caught_up = True
+            state.pull_progressed()
 
     async def _pull_done(self, state: _CollectionState) -> None:
         if self.config.continuous:
             await asyncio.Event().wait()
-        await state.pull_caught_up.wait()
-        while state.pull_tracker.pending_count:
-            await asyncio.sleep(0.01)
+        await state.pull_done.wait()
 
     # -- checkpoints --------------------------------------------------------------------------
 
-    def _local_id(self) -> str:
-        database = self.config.database
-        stored = database.get_local(LOCAL_ID_KEY)
-        if stored:
-            return stored.decode()
-        local_id = uuid.uuid4().hex
-        database.set_local(LOCAL_ID_KEY, local_id.encode())
-        return local_id
-
-    def _checkpoint_id(self, collection: ReplicatedCollection) -> str:
-        seed = f"{self._local_id()}\0{self._endpoint()}\0{collection.full_name}"
-        return "cp-" + base64.b64encode(hashlib.sha1(seed.encode()).digest()).decode()
-
-    async def _open_checkpoints(self, session: BLIPSession) -> None:
+    async def _open_checkpoints(self, session: ReplicationSession) -> None:
         database = self.config.database
         collections = list(self.config.collections or [database.default_collection])
+        local = checkpoints.local_id(database)
+        endpoint = self._endpoint()
+        blip = session.blip
         legacy = len(collections) == 1 and collections[0].full_name == "_default._default"
         if legacy:
-            state = _CollectionState(collections[0], None, self._checkpoint_id(collections[0]))
-            reply = await session.request(GET_CHECKPOINT, {"client": state.checkpoint_id})
+            state = _CollectionState(
+                collections[0], None, checkpoints.checkpoint_id(local, endpoint, collections[0])
+            )
+            reply = await blip.request(GET_CHECKPOINT, {"client": state.checkpoint.id})
             assert reply is not None
             remote = None
             if not reply.is_error:
-                remote = _json_dict(reply.body)
-                state.checkpoint_rev = reply.properties.get("rev")
+                remote = checkpoints.json_object(reply.body)
+                state.checkpoint.rev = reply.properties.get("rev")
             elif reply.error_code != 404:
                 raise ReplicationError(
                     f"getCheckpoint failed: {reply.error_domain} {reply.error_code} "
@@ -399,13 +384,14 @@ class Replicator:
             self._states = [state]
         else:
             states = [
-                _CollectionState(c, i, self._checkpoint_id(c)) for i, c in enumerate(collections)
+                _CollectionState(c, i, checkpoints.checkpoint_id(local, endpoint, c))
+                for i, c in enumerate(collections)
             ]
             body = {
-                "checkpoint_ids": [s.checkpoint_id for s in states],
+                "checkpoint_ids": [s.checkpoint.id for s in states],
                 "collections": [s.collection.full_name for s in states],
             }
-            reply = await session.request(GET_COLLECTIONS, {}, encode_json(body))
+            reply = await blip.request(GET_COLLECTIONS, {}, encode_json(body))
             assert reply is not None
             if reply.is_error:
                 raise ReplicationError(
@@ -419,47 +405,36 @@ class Replicator:
                         f"collection {state.collection.full_name} is not found on the remote"
                     )
                 remote = dict(answer) if isinstance(answer, dict) else {}
-                state.checkpoint_rev = remote.pop("rev", None)
+                state.checkpoint.rev = remote.pop("rev", None)
                 self._adopt_checkpoint(state, remote or None)
             self._states = states
         self._by_index = {s.index: s for s in self._states}
+        session.router.assign([s.collection for s in self._states], legacy=legacy)
 
     def _adopt_checkpoint(self, state: _CollectionState, remote: dict[str, Any] | None) -> None:
-        """Resume from the remote checkpoint only if it matches the one saved locally."""
-        database = self.config.database
-        state.remote_revs.update(_json_dict(database.get_local(state.remote_revs_key)) or {})
-        local = _json_dict(database.get_local("checkpoint/" + state.checkpoint_id))
-        if (
-            remote
-            and local
-            and remote.get("local") == local.get("local")
-            and remote.get("remote") == local.get("remote")
-        ):
-            state.push_tracker = SequenceTracker(remote.get("local") or 0)
-            state.pull_tracker = SequenceTracker(remote.get("remote"))
-            state.saved = (remote.get("local"), remote.get("remote"))
+        state.checkpoint.adopt(self.config.database, remote)
         log.info(
             "%s: %s resumes at local #%s, remote %s",
             self.config.url,
             state.collection.full_name,
-            state.push_tracker.checkpoint,
-            state.pull_tracker.checkpoint,
+            state.checkpoint.push_tracker.checkpoint,
+            state.checkpoint.pull_tracker.checkpoint,
         )
 
-    async def _subscribe(self, session: BLIPSession, state: _CollectionState) -> None:
+    async def _subscribe(self, blip: BLIPSession, state: _CollectionState) -> None:
         properties = {
             "batch": str(CHANGES_BATCH_SIZE),
             "versioning": "rev-trees",
             "sendReplacementRevs": "1",
         }
-        since = state.pull_tracker.checkpoint
+        since = state.checkpoint.pull_tracker.checkpoint
         if since is not None:
             properties["since"] = json.dumps(since)
         else:
             properties["activeOnly"] = "true"
         if self.config.continuous:
             properties["continuous"] = "true"
-        reply = await session.request(SUB_CHANGES, with_collection(properties, state.index))
+        reply = await blip.request(SUB_CHANGES, with_collection(properties, state.index))
         assert reply is not None
         if reply.is_error:
             raise ReplicationError(
@@ -468,44 +443,11 @@ class Replicator:
             )
         self.stats.pulling = True
 
-    async def _checkpoint_loop(self, session: BLIPSession) -> None:
+    async def _checkpoint_loop(self, blip: BLIPSession) -> None:
         while True:
             await asyncio.sleep(CHECKPOINT_SAVE_INTERVAL)
-            await self._save_checkpoints(session)
+            await self._save_checkpoints(blip)
 
-    async def _save_checkpoints(self, session: BLIPSession) -> None:
+    async def _save_checkpoints(self, blip: BLIPSession) -> None:
         for state in self._states:
-            current = (state.push_tracker.checkpoint or None, state.pull_tracker.checkpoint)
-            if current == state.saved or current == (None, None):
-                continue
-            # The peer's revisions must be on disk before a checkpoint that relies on them.
-            self.config.database.set_local(state.remote_revs_key, encode_json(state.remote_revs))
-            body = state.checkpoint_body()
-            properties = {"client": state.checkpoint_id}
-            if state.checkpoint_rev:
-                properties["rev"] = state.checkpoint_rev
-            reply = await session.request(
-                SET_CHECKPOINT, with_collection(properties, state.index), encode_json(body)
-            )
-            assert reply is not None
-            if reply.is_error:
-                log.warning(
-                    "%s: setCheckpoint failed: %s %s",
-                    self.config.url,
-                    reply.error_code,
-                    reply.error_message,
-                )
-                continue
-            state.checkpoint_rev = reply.properties.get("rev")
-            state.saved = current
-            self.config.database.set_local("checkpoint/" + state.checkpoint_id, encode_json(body))
-
-
-def _json_dict(raw: bytes | None) -> dict[str, Any] | None:
-    if not raw:
-        return None
-    try:
-        value = json.loads(raw)
-    except ValueError:
-        return None
-    return value if isinstance(value, dict) else None
+            await state.checkpoint.save(blip, self.config.database, state.index)

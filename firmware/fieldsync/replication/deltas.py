@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from fieldsync.delta import DeltaError, apply_delta_json, revision_delta
+from fieldsync.replication.errors import DeltaApplyError
 from fieldsync.replication.ports import ReplicatedCollection
 
 #: A Pusher delta encoder: (collection, doc_id, revision body, known ancestor revIDs) ->
@@ -28,15 +29,6 @@ def is_delta_error(domain: str | None, code: int | None) -> bool:
     return (domain == "LiteCore" and code in (DELTA_BASE_UNKNOWN, CORRUPT_DELTA)) or (
         domain == "HTTP" and code == 422
     )
-
-
-class DeltaApplyError(Exception):
-    """A received delta could not be applied; ``code`` is the LiteCore error to answer with."""
-
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 def apply_received_delta(

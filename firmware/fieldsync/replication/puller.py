@@ -9,9 +9,11 @@ transaction (see ``Inserter``).
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from fieldsync.blip import BLIPSession, IncomingRequest
@@ -19,9 +21,9 @@ from fieldsync.replication import decisions
 from fieldsync.replication.deltas import (
     DELTA_ERROR_DOMAIN,
     DELTA_ERROR_STATUS,
-    DeltaApplyError,
     apply_received_delta,
 )
+from fieldsync.replication.errors import BlobFetchError, DeltaApplyError
 from fieldsync.replication.inserter import Inserter
 from fieldsync.replication.messages import (
     DEFAULT_MAX_HISTORY,
@@ -38,10 +40,20 @@ from fieldsync.store.revid import is_valid as is_valid_rev_id
 
 log = logging.getLogger(__name__)
 
-#: Called when an announced revision is finished: (collection index, sequence).
+#: Called when an announced revision is finished: (collection index, sequence). Sequences
+#: are opaque JSON values (a Sync Gateway's may be strings).
 SequenceDone = Callable[[int | None, Any], None]
 #: Called after a received revision is stored: (collection index, docID, revID).
 RevisionStored = Callable[[int | None, str, str], None]
+
+
+@dataclass(frozen=True)
+class PullerHooks:
+    """What the active replicator wants to hear about (the passive side needs none)."""
+
+    sequence_done: SequenceDone | None = None
+    caught_up: Callable[[int | None], None] | None = None
+    stored: RevisionStored | None = None
 
 
 class Puller:
@@ -56,19 +68,18 @@ class Puller:
         inserter: Inserter,
         accept_deltas: bool = False,
         max_history: int = DEFAULT_MAX_HISTORY,
-        on_sequence_done: SequenceDone | None = None,
-        on_caught_up: Callable[[int | None], None] | None = None,
-        on_stored: RevisionStored | None = None,
+        hooks: PullerHooks | None = None,
     ) -> None:
+        hooks = hooks or PullerHooks()
         self._session = session
         self._database = database
         self._stats = stats
         self._inserter = inserter
         self._accept_deltas = accept_deltas
         self._max_history = max_history
-        self._on_sequence_done = on_sequence_done
-        self._on_caught_up = on_caught_up
-        self._on_stored = on_stored
+        self._on_sequence_done = hooks.sequence_done
+        self._on_caught_up = hooks.caught_up
+        self._on_stored = hooks.stored
         self._announced_deltas = False
         self._blob_fetches: dict[str, asyncio.Future[None]] = {}
 
@@ -242,18 +253,23 @@ class Puller:
         self._stats.record_error(message)
         request.respond_error("HTTP", result.status, message)
 
-    async def _fetch_missing_blobs(self, document: dict, doc_id: str, index: int | None) -> None:
+    async def _fetch_missing_blobs(
+        self, document: dict[str, Any], doc_id: str, index: int | None
+    ) -> None:
         blobs = self._database.blobs
         for blob in find_blobs(document):
             digest = blob.get("digest")
-            if not isinstance(digest, str) or blobs.claim(digest):  # see store.maintenance
+            if not isinstance(digest, str) or blobs.has(digest):
                 continue
             fetch = self._blob_fetches.get(digest)
             if fetch is None:
                 fetch = asyncio.ensure_future(self._fetch_blob(digest, doc_id, index))
                 self._blob_fetches[digest] = fetch
-                fetch.add_done_callback(lambda _f, d=digest: self._blob_fetches.pop(d, None))
+                fetch.add_done_callback(functools.partial(self._fetch_finished, digest))
             await asyncio.shield(fetch)
+
+    def _fetch_finished(self, digest: str, _fetch: asyncio.Future[None]) -> None:
+        self._blob_fetches.pop(digest, None)
 
     async def _fetch_blob(self, digest: str, doc_id: str, index: int | None) -> None:
         reply = await self._session.request(
@@ -273,7 +289,3 @@ class Puller:
         except StoreError as exc:
             raise BlobFetchError(f"blob {digest} of '{doc_id}' was not stored: {exc}") from exc
         self._stats.blobs_in += 1
-
-
-class BlobFetchError(Exception):
-    """A blob a revision references could not be fetched or verified."""

@@ -14,19 +14,18 @@ import contextlib
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from fieldsync.blip import BLIPSession, IncomingResponse
 from fieldsync.replication import decisions
 from fieldsync.replication.deltas import DeltaEncoder, is_delta_error
+from fieldsync.replication.errors import ReplicationError
 from fieldsync.replication.messages import (
-    CHANGES,
     CHANGES_BATCH_SIZE,
     DEFAULT_MAX_HISTORY,
     MAX_CHANGE_LISTS_IN_FLIGHT,
     NOREV,
-    PROPOSE_CHANGES,
     REV,
     encode_json,
     format_history,
@@ -35,6 +34,7 @@ from fieldsync.replication.messages import (
 )
 from fieldsync.replication.notifier import ChangeNotifier
 from fieldsync.replication.ports import ReplicatedCollection
+from fieldsync.replication.pushmodes import ChangesMode, PushMode
 from fieldsync.replication.sequences import SequenceTracker
 from fieldsync.replication.stats import ReplicationStats
 from fieldsync.store import Change, find_blobs
@@ -55,9 +55,7 @@ class PushOptions:
     active_only: bool = False
     doc_ids: frozenset[str] | None = None
     send_replacement_revs: bool = False
-    propose: bool = False  # active side: proposeChanges + noconflicts
     delta_encoder: DeltaEncoder | None = None
-    remote_revs: dict[str, str] = field(default_factory=dict)  # active: doc -> peer's revID
 
 
 class Pusher:
@@ -70,6 +68,7 @@ class Pusher:
         collection_index: int | None,
         *,
         options: PushOptions,
+        mode: PushMode | None = None,
         stats: ReplicationStats,
         notifier: ChangeNotifier | None,
         served_blobs: set[str],
@@ -80,6 +79,7 @@ class Pusher:
         self._collection = collection
         self._index = collection_index
         self._options = options
+        self._mode: PushMode = mode if mode is not None else ChangesMode()
         self._stats = stats
         self._notifier = notifier
         self._served_blobs = served_blobs
@@ -132,26 +132,24 @@ class Pusher:
                 self._notifier.unsubscribe(self._collection, event)
 
     async def _finish_backlog(self, last: int) -> None:
-        """The whole backlog is announced: tell the peer (passive), then wait for the revs."""
-        if not self._options.propose:
-            # LiteCore's passive pusher sends an empty NoReply "changes" at once.
-            self._session.send_nowait(
-                CHANGES, with_collection({}, self._index), b"[]", urgent=True, no_reply=True
-            )
+        """The whole backlog is announced: say so (before or after its revisions are
+        acknowledged, as the mode wants) and wait for the revisions."""
+        notice = self._mode.caught_up_notice(continuous=self._options.continuous)
+        early = notice and self._mode.caught_up_before_idle()
+        if early:
+            self._send_caught_up()
         self.tracker.caught_up(last)
         await self.wait_idle()
-        if self._options.propose and self._options.continuous:
-            # LiteCore's active pusher says "caught up" with an empty NoReply proposeChanges.
-            self._session.send_nowait(
-                PROPOSE_CHANGES,
-                with_collection({}, self._index),
-                b"[]",
-                urgent=True,
-                no_reply=True,
-            )
+        if notice and not early:
+            self._send_caught_up()
         self.caught_up.set()
         if self._on_caught_up is not None:
             self._on_caught_up()
+
+    def _send_caught_up(self) -> None:
+        self._session.send_nowait(
+            self._mode.profile, with_collection({}, self._index), b"[]", urgent=True, no_reply=True
+        )
 
     async def wait_idle(self) -> None:
         """Wait until every announced change has been answered and its revision acknowledged."""
@@ -184,24 +182,9 @@ class Pusher:
         for change in changes:
             self.tracker.add(change.sequence)
         self._stats.in_flight += len(changes)
-        if self._options.propose:
-            entries = [
-                decisions.proposed_entry(
-                    c.doc_id, c.rev_id, self._options.remote_revs.get(c.doc_id), c.body_size
-                )
-                for c in changes
-            ]
-            properties = {"conflictIncludesRev": "true"}
-            profile = PROPOSE_CHANGES
-        else:
-            entries = [
-                decisions.changes_entry(c.sequence, c.doc_id, c.rev_id, c.deleted, c.body_size)
-                for c in changes
-            ]
-            properties = {}
-            profile = CHANGES
+        properties, entries = self._mode.announcement(changes)
         future = self._session.send_nowait(
-            profile,
+            self._mode.profile,
             with_collection(properties, self._index),
             encode_json(entries),
             urgent=True,
@@ -226,7 +209,7 @@ class Pusher:
         if reply.is_error:
             self._stats.in_flight -= len(changes)
             message = (
-                f"peer refused '{'proposeChanges' if self._options.propose else 'changes'}' for "
+                f"peer refused '{self._mode.profile}' for "
                 f"{self.name}: {reply.error_domain} {reply.error_code} {reply.error_message}"
             )
             self._stats.record_error(message)
@@ -243,28 +226,15 @@ class Pusher:
             raise ReplicationError(f"peer sent a malformed reply to changes for {self.name}")
         for position, change in enumerate(changes):
             answer = answers[position] if position < len(answers) else 0
-            known = self._wanted(change, answer)
+            known, conflict = self._mode.wanted(change, answer)
+            if conflict is not None:
+                self.conflicts.append((change.doc_id, conflict))
+                log.info("%s: peer has a conflicting revision of '%s'", self.name, change.doc_id)
             if known is None:
                 self._stats.in_flight -= 1
                 self.tracker.complete(change.sequence)
                 continue
             self._spawn(self._send_rev(change, known, max_history))
-
-    def _wanted(self, change: Change, answer: Any) -> list[str] | None:
-        """The peer's known ancestors if it wants the revision, else None."""
-        if self._options.propose:
-            if answer in (0, None):
-                remote = self._options.remote_revs.get(change.doc_id)
-                return [remote] if remote else []
-            status = answer.get("status") if isinstance(answer, dict) else answer
-            if status == 409:
-                current = answer.get("rev") if isinstance(answer, dict) else None
-                self.conflicts.append((change.doc_id, current or ""))
-                log.info("%s: peer has a conflicting revision of '%s'", self.name, change.doc_id)
-            return None
-        if isinstance(answer, list):
-            return [rev for rev in answer if isinstance(rev, str)]
-        return None
 
     # -- revisions ----------------------------------------------------------------------------
 
@@ -314,27 +284,30 @@ class Pusher:
         sent_history = decisions.history_to_send(history, known, max_history)
         if sent_history:
             properties["history"] = format_history(sent_history)
-        if self._options.propose:
-            properties["noconflicts"] = "true"
+        properties.update(self._mode.rev_properties())
         body = revision.body
+        if body is None:  # replaced above by a revision that has one, or answered with norev
+            return
         if b'"digest"' in body:
             self._remember_blobs(body)
-        use_delta = self._deltas_ok and self._options.delta_encoder is not None and known
+        encoder = self._options.delta_encoder if self._deltas_ok and known else None
         while True:
             message_properties = dict(properties)
             message_body = body
-            if use_delta:
-                delta = self._options.delta_encoder(collection, change.doc_id, body, known)
+            if encoder is not None:
+                delta = encoder(collection, change.doc_id, body, known)
                 if delta is not None:
                     message_properties["deltaSrc"], message_body = delta
-            reply = await self._session.send_nowait(
+            sent = self._session.send_nowait(
                 REV,
                 with_collection(message_properties, self._index),
                 message_body,
                 compressed=True,
             )
+            assert sent is not None  # a request that wants a reply has a future
+            reply = await sent
             if reply.is_error and "deltaSrc" in message_properties and _is_delta_error(reply):
-                use_delta = False  # CBL-986: the peer could not apply the delta; resend in full
+                encoder = None  # CBL-986: the peer could not apply the delta; resend in full
                 continue
             break
         if reply.is_error:
@@ -348,8 +321,7 @@ class Pusher:
                 self.conflicts.append((change.doc_id, revision.rev_id))
             return
         self._stats.docs_out += 1
-        if self._options.propose:
-            self._options.remote_revs[change.doc_id] = revision.rev_id
+        self._mode.revision_sent(change.doc_id, revision.rev_id)
 
     def _remember_blobs(self, body: bytes) -> None:
         try:
@@ -361,10 +333,6 @@ class Pusher:
                 digest = blob.get("digest")
                 if isinstance(digest, str):
                     self._served_blobs.add(digest)
-
-
-class ReplicationError(Exception):
-    """The peer refused a replication step; the message names the collection and the reason."""
 
 
 def _int(value: str | None, default: int) -> int:

@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from enum import Enum
 from typing import Generic, TypeVar
 
+from fieldsync.replication.errors import RoutingError
 from fieldsync.replication.messages import COLLECTION_PROFILES, GET_COLLECTIONS
 
 C = TypeVar("C")
@@ -23,15 +24,6 @@ class Mode(Enum):
     COLLECTION_AWARE = "collection-aware"
 
 
-class RoutingError(Exception):
-    """A message that addresses no collection it may address; answered with ``status``."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
 class CollectionRouter(Generic[C]):
     """Resolve each message to a collection (of any type ``C``) and its index."""
 
@@ -40,6 +32,16 @@ class CollectionRouter(Generic[C]):
         self._lookup = lookup
         self.mode = Mode.UNDECIDED
         self.resolved: list[C | None] = []
+
+    def assign(self, collections: Sequence[C], *, legacy: bool) -> None:
+        """For the side that sent ``getCollections`` itself (the active replicator): fix the mode
+        and the collections the peer's messages may address."""
+        if legacy:
+            self.mode = Mode.LEGACY
+            self._default = collections[0] if collections else None
+        else:
+            self.mode = Mode.COLLECTION_AWARE
+            self.resolved = list(collections)
 
     def resolve_collections(self, names: Sequence[str]) -> list[C | None]:
         """Handle ``getCollections``: map each ``[scope.]name`` to a served collection or None."""

@@ -1,0 +1,147 @@
+"""The wiring one replication connection shares, whichever side opened it.
+
+A ``ReplicationSession`` owns, for one BLIP connection and one database, the collection
+router, the inserter (batched durable writes), the blob server, the puller (revisions coming
+in) and the pushers (revisions going out). ``PassiveReplicator`` (a phone connected to us) and
+``Replicator`` (we connected out) are thin roles on top of it: they decide which messages to
+register and when the replication is over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from collections.abc import Awaitable, Callable
+
+from fieldsync.blip import BLIPSession, IncomingRequest
+from fieldsync.replication.blobs import BlobServer
+from fieldsync.replication.errors import RoutingError
+from fieldsync.replication.inserter import Inserter
+from fieldsync.replication.notifier import ChangeNotifier
+from fieldsync.replication.ports import ReplicatedCollection, ReplicatedDatabase
+from fieldsync.replication.puller import Puller, PullerHooks
+from fieldsync.replication.pusher import Pusher, PushOptions
+from fieldsync.replication.pushmodes import PushMode
+from fieldsync.replication.routing import CollectionRouter
+from fieldsync.replication.sequences import SequenceTracker
+from fieldsync.replication.stats import ReplicationStats
+
+log = logging.getLogger(__name__)
+
+#: A handler for a message that may address a collection: (request, collection, index).
+#: ``collection`` is ``None`` only for messages outside ``COLLECTION_PROFILES``.
+RoutedHandler = Callable[
+    [IncomingRequest, ReplicatedCollection | None, int | None], Awaitable[None] | None
+]
+
+
+class ReplicationSession:
+    """Everything one replication connection uses, over one BLIP session and one database."""
+
+    def __init__(
+        self,
+        blip: BLIPSession,
+        database: ReplicatedDatabase,
+        *,
+        notifier: ChangeNotifier,
+        router: CollectionRouter[ReplicatedCollection],
+        stats: ReplicationStats | None = None,
+        accept_deltas: bool = False,
+        hooks: PullerHooks | None = None,
+    ) -> None:
+        self.blip = blip
+        self.database = database
+        self.notifier = notifier
+        self.router = router
+        self.stats = stats or ReplicationStats()
+        self.stats.byte_counter = blip.protocol
+        self.inserter = Inserter()
+        self.blobs = BlobServer(database, self.stats)
+        self.puller = Puller(
+            blip,
+            database,
+            stats=self.stats,
+            inserter=self.inserter,
+            accept_deltas=accept_deltas,
+            hooks=hooks,
+        )
+        self.pushers: list[Pusher] = []
+        self._feeds: set[asyncio.Task[None]] = set()
+
+    @property
+    def name(self) -> str:
+        return self.blip.name
+
+    # -- incoming messages --------------------------------------------------------------------
+
+    def register(self, profile: str, handler: RoutedHandler) -> None:
+        """Handle ``profile`` once the router has found the collection the message addresses
+        (a message that breaks the connection's collection mode is refused here)."""
+
+        async def handle(request: IncomingRequest) -> None:
+            try:
+                collection, index = self.router.route(profile, request.properties)
+            except RoutingError as exc:
+                log.info("%s: %s refused: %s", self.name, profile, exc.message)
+                request.respond_error("HTTP", exc.status, exc.message)
+                return
+            result = handler(request, collection, index)
+            if inspect.isawaitable(result):
+                await result
+
+        self.blip.register(profile, handle)
+
+    # -- outgoing revisions -------------------------------------------------------------------
+
+    def add_pusher(
+        self,
+        collection: ReplicatedCollection,
+        index: int | None,
+        *,
+        options: PushOptions,
+        mode: PushMode | None = None,
+        tracker: SequenceTracker | None = None,
+    ) -> Pusher:
+        """A Pusher for ``collection`` on this connection (closed with the session)."""
+        pusher = Pusher(
+            self.blip,
+            collection,
+            index,
+            options=options,
+            mode=mode,
+            stats=self.stats,
+            notifier=self.notifier,
+            served_blobs=self.blobs.served,
+            tracker=tracker,
+        )
+        self.pushers.append(pusher)
+        return pusher
+
+    def start_feed(self, pusher: Pusher) -> None:
+        """Run a pusher in the background until caught up (or the connection ends); a failing
+        feed is logged and counted, never fatal to the connection."""
+        task = asyncio.get_running_loop().create_task(self._run_feed(pusher))
+        self._feeds.add(task)
+        task.add_done_callback(self._feeds.discard)
+
+    async def _run_feed(self, pusher: Pusher) -> None:
+        try:
+            await pusher.run()
+            await pusher.wait_idle()
+            log.info("%s: %s caught up (%d docs sent)", self.name, pusher.name, self.stats.docs_out)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # one collection's feed failing must not kill the server
+            self.stats.record_error(str(exc))
+            log.warning("%s: feed of %s stopped: %s", self.name, pusher.name, exc)
+
+    # -- the end ------------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        """Stop the feeds and commit what arrived (received revisions stay durable)."""
+        for task in list(self._feeds):
+            task.cancel()
+        for pusher in self.pushers:
+            await pusher.close()
+        self.inserter.close()
