@@ -806,7 +806,7 @@ class LiteDatabase:
             "deleted": deleted,
             "conflicted": bool(d.flags & kDocConflicted),
             "hasAttachments": bool(d.flags & kDocHasAttachments),
-            "history": [r for r in history.split(",") if r],
+            "history": [r.strip() for r in history.split(",") if r.strip()],
             "body": {} if deleted else self._doc_json(doc),
         }
 
@@ -816,9 +816,11 @@ class LiteDatabase:
 
         None if the document does not exist (a tombstone exists: ``deleted`` is true).
         In a version-vector database ``revID`` is the current version in LiteCore's local form
-        (``<hex time>@*`` when this database wrote it), ``globalRevID`` the same with the real
-        source ID (what peers see), and ``history`` the version vector's entries split at ``,``
-        (in LiteCore's own spelling: ``"cv;"`` may lead, a merge vector ends with ``;``).
+        (``<hex time>@*`` when this database wrote it); ``globalRevID`` is the selected revision
+        with the real source ID instead of ``*`` (what peers see; after a conflict resolution
+        LiteCore spells the whole vector there, ``"cv, mv1, mv2;"``); ``history`` is the version
+        vector's entries split at ``,`` and stripped (LiteCore's own spelling otherwise: a merge
+        entry ends with ``;``).
         """
         coll = self.collection_handle(collection)
         doc = self._get_doc(coll, doc_id, kDocGetAll)
