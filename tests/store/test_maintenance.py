@@ -403,19 +403,10 @@ def test_expiration_set_get_clear(coll: Collection) -> None:
     assert coll.get_document_expiration("e") is None  # a purge forgets the expiration
 
 
-def test_schema_upgrade_from_version_1(tmp_path: Path) -> None:
-    """A database written before expiration existed opens, upgrades in its own step, and keeps
-    its documents."""
-    import sqlite3
-
-    with Database.open(tmp_path / "db") as db:
-        db.default_collection.save_document("keep", {"v": 1})
-    conn = sqlite3.connect(tmp_path / "db" / "db.sqlite3")
-    conn.execute("DROP TABLE doc_expiry")
-    conn.execute("PRAGMA user_version=1")
-    conn.commit()
-    conn.close()
-    with Database.open(tmp_path / "db") as db:
+def test_schema_upgrade_from_version_1(v1_database: Path) -> None:
+    """A database written before expiration existed (by the schema-1 code, conftest fixture)
+    opens, upgrades in its own step, and keeps its documents."""
+    with Database.open(v1_database) as db:
         assert db.engine.query("PRAGMA user_version")[0][0] >= 2
-        db.default_collection.set_document_expiration("keep", 5.0)
-        assert db.default_collection.get_document("keep") is not None
+        db.default_collection.set_document_expiration("doc-1", 5.0)
+        assert db.default_collection.get_document("doc-1") is not None

@@ -17,7 +17,14 @@ from fieldsync.store.errors import (
     StoreError,
 )
 from fieldsync.store.maintenance import MaintenancePolicy, MaintenanceResult, MaintenanceType
-from fieldsync.store.models import Change, Document, IncomingRevision, InsertResult, Revision
+from fieldsync.store.models import (
+    Change,
+    Document,
+    IncomingRevision,
+    IncomingVersioned,
+    InsertResult,
+    Revision,
+)
 from fieldsync.store.paths import default_database_path
 
 __all__ = [
@@ -31,6 +38,7 @@ __all__ = [
     "DigestMismatch",
     "Document",
     "IncomingRevision",
+    "IncomingVersioned",
     "InsertResult",
     "InvalidInput",
     "MaintenancePolicy",

@@ -10,13 +10,34 @@ from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Any, NamedTuple, Protocol
 
-from fieldsync.store import expiry, revid
+from fieldsync.store import doc_versions, expiry, revid
 from fieldsync.store.bodies import EMPTY_BODY, decode_incoming, decode_stored, encode_body
 from fieldsync.store.engine import Engine
 from fieldsync.store.errors import ConflictError, InvalidInput, NotFoundError
-from fieldsync.store.models import Change, Document, IncomingRevision, InsertResult, Revision
+from fieldsync.store.models import (
+    Change,
+    Document,
+    IncomingRevision,
+    IncomingVersioned,
+    InsertResult,
+    Revision,
+)
 from fieldsync.store.names import check_doc_id
 from fieldsync.store.revtree import BadHistory, RevNode, RevTree
+from fieldsync.store.versions import (
+    HLV,
+    BadVersion,
+    DocVersions,
+    Order,
+    SourceID,
+    Version,
+    decide_incoming,
+    decide_proposed,
+    legacy_matches,
+    legacy_version,
+    merge,
+    trivial_merge,
+)
 
 #: Above this many docIDs a changes-feed filter is applied through a JSON array parameter.
 _INLINE_FILTER_LIMIT = 200
@@ -27,6 +48,8 @@ class _DocRow(NamedTuple):
     rev_id: str
     deleted: bool
     body_size: int
+    hlv: str | None = None
+    base_legacy: str | None = None
 
 
 class CollectionOwner(Protocol):
@@ -77,15 +100,17 @@ class Collection:
     def get_document(self, doc_id: str) -> Document | None:
         """The current revision of a document; ``None`` if it is missing or deleted."""
         rows = self._engine.query(
-            "SELECT d.rev_id, d.sequence, d.deleted, r.body FROM docs d "
+            "SELECT d.rev_id, d.sequence, d.deleted, r.body, d.hlv FROM docs d "
             "JOIN revs r ON r.doc = d.id AND r.rev_id = d.rev_id "
             "WHERE d.collection = ? AND d.doc_id = ?",
             (self.id, doc_id),
         )
         if not rows or rows[0][2]:
             return None
-        rev_id, sequence, _deleted, body = rows[0]
-        return Document(doc_id, rev_id, sequence, False, decode_stored(body))
+        rev_id, sequence, _deleted, body, hlv = rows[0]
+        return Document(
+            doc_id, rev_id, sequence, False, decode_stored(body), doc_versions.parse_stored(hlv)
+        )
 
     def get_revision(
         self, doc_id: str, rev_id: str | None = None, *, with_body: bool = True
@@ -98,16 +123,21 @@ class Collection:
         if rev_id is not None:
             params = (rev_id, *params)
         rows = self._engine.query(
-            f"SELECT r.rev_id, r.sequence, r.deleted, {body_column} FROM docs d "
+            f"SELECT r.rev_id, r.sequence, r.deleted, {body_column}, r.hlv FROM docs d "
             f"JOIN revs r ON r.doc = d.id AND {match} "
             "WHERE d.collection = ? AND d.doc_id = ?",
             params,
         )
         if not rows:
             return None
-        found_rev, sequence, deleted, body = rows[0]
+        found_rev, sequence, deleted, body, hlv = rows[0]
         return Revision(
-            doc_id, found_rev, sequence, bool(deleted), bytes(body) if body is not None else None
+            doc_id,
+            found_rev,
+            sequence,
+            bool(deleted),
+            bytes(body) if body is not None else None,
+            doc_versions.parse_stored(hlv),
         )
 
     def rev_history(self, doc_id: str, rev_id: str) -> list[str]:
@@ -137,7 +167,7 @@ class Collection:
         current revision. ``doc_ids`` restricts to those documents; ``active_only`` skips
         deleted ones."""
         sql = (
-            "SELECT sequence, doc_id, rev_id, deleted, body_size FROM docs "
+            "SELECT sequence, doc_id, rev_id, deleted, body_size, hlv FROM docs "
             "WHERE collection = ? AND sequence > ?"
         )
         params: list[object] = [self.id, since]
@@ -160,8 +190,8 @@ class Collection:
             sql += " LIMIT ?"
             params.append(limit)
         return [
-            Change(seq, doc_id, rev_id, bool(deleted), size)
-            for seq, doc_id, rev_id, deleted, size in self._engine.query(sql, params)
+            Change(seq, doc_id, rev_id, bool(deleted), size, doc_versions.parse_stored(hlv))
+            for seq, doc_id, rev_id, deleted, size, hlv in self._engine.query(sql, params)
         ]
 
     def check_proposed(
@@ -245,13 +275,24 @@ class Collection:
             tombstone = revid.make(losing_rev, True, EMPTY_BODY)
             sequence = self._next_sequence(conn)
             tree.add(tombstone, losing_rev, True, sequence, EMPTY_BODY)
+            win_hlv = doc_versions.revision_vector(conn, row.id, winning_rev)
+            lose_hlv = doc_versions.revision_vector(conn, row.id, losing_rev)
+            vectors = {tombstone: self._next_vector(conn, lose_hlv)}
             new_rev, data = winning_rev, None
             if body is not None:
                 data = encode_body(body)
                 new_rev = revid.make(winning_rev, False, data)
                 sequence = self._next_sequence(conn)
                 tree.add(new_rev, winning_rev, False, sequence, data)
-            self._save_tree(conn, doc_id, row, tree, new_rev, sequence)
+                if win_hlv is not None and lose_hlv is not None:
+                    stamp = self._device.stamp(conn, after=_own_time(win_hlv, lose_hlv, self._me))
+                    vectors[new_rev] = merge(win_hlv, lose_hlv, stamp)
+                else:
+                    vectors[new_rev] = self._next_vector(conn, win_hlv or lose_hlv)
+            elif win_hlv is not None and lose_hlv is not None:
+                # The winner keeps its body and cv, and now covers the loser's versions.
+                vectors[winning_rev] = trivial_merge(win_hlv, lose_hlv)
+            self._save_tree(conn, doc_id, row, tree, new_rev, sequence, vectors)
         document = self.get_document(doc_id)
         assert document is not None
         return document
@@ -296,8 +337,9 @@ class Collection:
             new_rev = revid.make(current, deleted, data)
             sequence = self._next_sequence(conn)
             tree.add(new_rev, current, deleted, sequence, data)
-            self._save_tree(conn, doc_id, row, tree, new_rev, sequence)
-        return Document(doc_id, new_rev, sequence, deleted, decode_stored(data))
+            hlv = self._next_vector(conn, doc_versions.parse_stored(row.hlv) if row else None)
+            self._save_tree(conn, doc_id, row, tree, new_rev, sequence, {new_rev: hlv})
+        return Document(doc_id, new_rev, sequence, deleted, decode_stored(data), hlv)
 
     # -- revisions from peers ----------------------------------------------------------------
 
@@ -336,23 +378,211 @@ class Collection:
                 return InsertResult(
                     409, f"{rev.rev_id} does not descend from current revision {current}", current
                 )
+        parent = chain[index] if index < len(chain) else None
+        parent_hlv = doc_versions.revision_vector(conn, row.id, parent) if row else None
+        linear = row is None or parent == row.rev_id or (parent is None and row.deleted)
+        if rev.from_vv_peer or (not linear and revid.generation(rev.rev_id) < 1 << 23):
+            # A 4.x phone's legacy revision is named by its RTE version, so that phone sees it
+            # as the revision it already has (Sync Gateway's rule, VV-NOTES §6). A branch
+            # beside the current revision is named the same way: a device version would
+            # make it look newer than the other branch to 4.x phones, hiding the conflict.
+            rte = legacy_version(rev.rev_id)
+            hlv = parent_hlv.with_new_cv(rte) if parent_hlv is not None else HLV(rte)
+        else:
+            hlv = self._next_vector(conn, parent_hlv)
         sequence = self._next_sequence(conn)
         tree.graft(chain, index, rev.deleted, sequence, data)
-        winner = self._save_tree(conn, rev.doc_id, row, tree, rev.rev_id, sequence)
+        winner = self._save_tree(
+            conn, rev.doc_id, row, tree, rev.rev_id, sequence, {rev.rev_id: hlv}
+        )
         return InsertResult(201, "", winner)
+
+    # -- versions (CBMobile_4 peers) ---------------------------------------------------------
+
+    @property
+    def _device(self) -> doc_versions.DeviceVersions:
+        return doc_versions.device_versions(self._engine)
+
+    @property
+    def _me(self) -> SourceID:
+        return self._device.source_id
+
+    def _next_vector(self, conn: sqlite3.Connection, parent: HLV | None) -> HLV:
+        """The vector of a new revision this device writes on top of ``parent``'s."""
+        if parent is None:
+            return HLV(self._device.stamp(conn))
+        stamp = self._device.stamp(conn, after=parent.time_of(self._me) or 0)
+        return parent.with_new_cv(stamp)
+
+    def get_versions(self, doc_id: str) -> DocVersions | None:
+        """The document's current state in both spellings; ``None`` if unknown."""
+        row = self._doc_row(doc_id)
+        return self._doc_versions(doc_id, row) if row is not None else None
+
+    def _doc_versions(self, doc_id: str, row: _DocRow) -> DocVersions:
+        sequence = self._engine.query("SELECT sequence FROM docs WHERE id = ?", (row.id,))[0][0]
+        return DocVersions(
+            doc_id,
+            row.rev_id,
+            row.deleted,
+            sequence,
+            doc_versions.parse_stored(row.hlv),
+            row.base_legacy,
+        )
+
+    def check_proposed_version(
+        self,
+        doc_id: str,
+        rev: Version | str,
+        parent: Version | str | None,
+        proposed: HLV | None = None,
+    ) -> tuple[int, str | None]:
+        """Answer a CBMobile_4 ``proposeChanges`` row (``versions.decide_proposed``): 0 send
+        it, 304 already known, 409 conflict with the current revision spelled for the peer."""
+        return decide_proposed(self.get_versions(doc_id), rev, parent, proposed)
+
+    def has_version(self, doc_id: str, version: Version | str) -> bool:
+        """Whether this document already has ``version`` (a version its current vector covers,
+        or a revision named by it) or the legacy revID ``version``."""
+        current = self.get_versions(doc_id)
+        if current is None:
+            return False
+        hlv = current.hlv
+        if isinstance(version, str):
+            if hlv is not None and legacy_matches(version, hlv.cv):
+                return True
+            return self.get_revision(doc_id, version, with_body=False) is not None
+        if hlv is not None and hlv.contains(version):
+            return True
+        if version.is_legacy:
+            return any(legacy_matches(r, version) for r in self.leaf_and_ancestors(doc_id))
+        return self.get_revision_by_version(doc_id, version, with_body=False) is not None
+
+    def leaf_and_ancestors(self, doc_id: str) -> list[str]:
+        """Every revID in the document's tree."""
+        tree = self._read_tree(doc_id)
+        return list(tree.nodes) if tree is not None else []
+
+    def get_revision_by_version(
+        self, doc_id: str, version: Version, *, with_body: bool = True
+    ) -> Revision | None:
+        """The revision whose vector has ``version`` as its cv (a delta source, a replacement
+        revision); ``None`` if none does. Its ``body`` is ``None`` once no longer stored."""
+        body_column = "r.body" if with_body else "NULL"
+        rows = self._engine.query(
+            f"SELECT r.rev_id, r.sequence, r.deleted, {body_column}, r.hlv FROM docs d "
+            "JOIN revs r ON r.doc = d.id AND r.cv = ? WHERE d.collection = ? AND d.doc_id = ?",
+            (str(version), self.id, doc_id),
+        )
+        if not rows:
+            return None
+        rev_id, sequence, deleted, body, hlv = rows[0]
+        return Revision(
+            doc_id,
+            rev_id,
+            sequence,
+            bool(deleted),
+            bytes(body) if body is not None else None,
+            doc_versions.parse_stored(hlv),
+        )
+
+    def get_peer_legacy(self, doc_id: str, peer: str) -> str | None:
+        """The ``lastLegacyRevID`` a 4.x phone last showed for this document: a revID, ``''``
+        (it has none), or ``None`` (not known)."""
+        return doc_versions.get_peer_legacy(self._engine, self.id, doc_id, peer)
+
+    def set_peer_legacy(self, doc_id: str, peer: str, legacy_rev: str) -> None:
+        """Record a phone's ``lastLegacyRevID`` for this document (``''`` = it has none)."""
+        if not isinstance(peer, str) or not peer:
+            raise InvalidInput("peer must be a non-empty string")
+        if legacy_rev:
+            revid.parse(legacy_rev)
+        with self._engine.write() as conn:
+            doc_versions.set_peer_legacy(conn, self.id, doc_id, peer, legacy_rev)
+
+    def insert_versioned(self, revs: Sequence[IncomingVersioned]) -> list[InsertResult]:
+        """Insert revisions a 4.x phone pushed as versions, in ONE transaction that is durable
+        when this returns. Per revision (compared with §3.1/§3.3, ``versions.decide_incoming``):
+        201 stored (vector adopted, a new rev-tree revision ``generation+1`` made on top of the
+        current one, the phone's ``lastLegacyRevID`` recorded), 200 same or older (nothing
+        stored), 409 conflict (``current_rev`` = the current revision as a 4.x peer names it),
+        400 malformed. A failing revision leaves nothing behind and does not affect the
+        others."""
+        results: list[InsertResult] = []
+        with self._engine.write():
+            for rev in revs:
+                try:
+                    with self._engine.savepoint() as conn:
+                        results.append(self._insert_versioned_one(conn, rev))
+                except (InvalidInput, revid.BadRevisionID, BadHistory) as exc:
+                    results.append(InsertResult(400, str(exc)))
+        return results
+
+    def _insert_versioned_one(
+        self, conn: sqlite3.Connection, rev: IncomingVersioned
+    ) -> InsertResult:
+        check_doc_id(rev.doc_id)
+        incoming = rev.version
+        vector = incoming.vector
+        if vector is None:
+            raise BadVersion("rev", "a versioned revision needs a version (use insert_revisions)")
+        data = decode_incoming(rev.body, deleted=rev.deleted)
+        row = self._doc_row(rev.doc_id, conn)
+        current = self._doc_versions(rev.doc_id, row) if row is not None else None
+        order = decide_incoming(current, incoming)
+        if order is Order.SAME or order is Order.OLDER:
+            return InsertResult(200, "already present", current.current_text if current else None)
+        if order is Order.CONFLICT:
+            assert current is not None
+            return InsertResult(
+                409,
+                f"{vector.cv} conflicts with current revision {current.current_text}",
+                current.current_text,
+            )
+        tree = self._load_tree(conn, row.id) if row else RevTree()
+        chain: list[str] = []
+        base_legacy: str | None = None
+        if row is not None:
+            chain = [row.rev_id]
+            legacy = list(incoming.legacy)
+            if row.hlv is None and row.rev_id in legacy[1:]:
+                # The phone had newer legacy revisions than ours: they become body-less
+                # ancestors of the new revision (Sync Gateway aligns its tree the same way).
+                newer = legacy[: legacy.index(row.rev_id)]
+                chain = [*newer, row.rev_id]
+                base_legacy = newer[0]
+        parent = chain[0] if chain else None
+        new_rev = revid.make(parent, rev.deleted, data)
+        chain.insert(0, new_rev)
+        index = tree.find_common_ancestor(chain, self.database.max_rev_tree_depth)
+        if index == 0:
+            return InsertResult(200, "already present", current.current_text if current else None)
+        hlv = doc_versions.adopt_incoming(vector, current.hlv if current else None)
+        self._device.observe(conn, vector)
+        sequence = self._next_sequence(conn)
+        tree.graft(chain, index, rev.deleted, sequence, data)
+        self._save_tree(conn, rev.doc_id, row, tree, new_rev, sequence, {new_rev: hlv}, base_legacy)
+        if rev.peer:
+            doc_versions.set_peer_legacy(
+                conn, self.id, rev.doc_id, rev.peer, incoming.legacy[0] if incoming.legacy else ""
+            )
+        return InsertResult(201, "", str(hlv.cv))
 
     # -- storage -----------------------------------------------------------------------------
 
     def _doc_row(self, doc_id: str, conn: sqlite3.Connection | None = None) -> _DocRow | None:
-        sql = "SELECT id, rev_id, deleted, body_size FROM docs WHERE collection = ? AND doc_id = ?"
+        sql = (
+            "SELECT id, rev_id, deleted, body_size, hlv, base_legacy FROM docs "
+            "WHERE collection = ? AND doc_id = ?"
+        )
         if conn is None:
             rows = self._engine.query(sql, (self.id, doc_id))
         else:
             rows = conn.execute(sql, (self.id, doc_id)).fetchall()
         if not rows:
             return None
-        doc_key, rev_id, deleted, body_size = rows[0]
-        return _DocRow(doc_key, rev_id, bool(deleted), body_size)
+        doc_key, rev_id, deleted, body_size, hlv, base_legacy = rows[0]
+        return _DocRow(doc_key, rev_id, bool(deleted), body_size, hlv, base_legacy)
 
     @staticmethod
     def _load_tree(conn: sqlite3.Connection, doc_key: int) -> RevTree:
@@ -384,9 +614,13 @@ class Collection:
         tree: RevTree,
         new_rev: str,
         sequence: int,
+        vectors: dict[str, HLV] | None = None,
+        base_legacy: str | None = None,
     ) -> str:
-        """Prune, drop old bodies, write the changed revisions and the document row; return
-        the winning revID."""
+        """Prune, drop old bodies, write the changed revisions (with ``vectors``, the versions
+        of new revisions) and the document row, whose vector is always its winner's; return
+        the winning revID. ``base_legacy`` overrides the legacy revID remembered when the
+        document gets its first vector (by default the revision current until then)."""
         db = self.database
         tree.prune(db.max_rev_tree_depth)
         if new_rev in tree:
@@ -441,7 +675,28 @@ class Collection:
                 "UPDATE docs SET sequence = ?, rev_id = ?, deleted = ?, body_size = ? WHERE id = ?",
                 (sequence, winner.rev_id, winner.deleted, body_size, doc_key),
             )
+        if vectors:
+            kept = {rev_id: hlv for rev_id, hlv in vectors.items() if rev_id in tree.nodes}
+            doc_versions.record_vectors(conn, doc_key, kept)
+        found = conn.execute(
+            "SELECT hlv FROM revs WHERE doc = ? AND rev_id = ?", (doc_key, winner.rev_id)
+        ).fetchone()
+        winner_hlv = found[0] if found else None
+        base: str | None
+        if row is not None and row.base_legacy:
+            base = row.base_legacy
+        elif winner_hlv is not None and row is not None and row.hlv is None:
+            base = base_legacy or row.rev_id
+        else:
+            base = base_legacy
+        conn.execute(
+            "UPDATE docs SET hlv = ?, base_legacy = ? WHERE id = ?", (winner_hlv, base, doc_key)
+        )
         return winner.rev_id
+
+
+def _own_time(a: HLV, b: HLV, me: SourceID) -> int:
+    return max(a.time_of(me) or 0, b.time_of(me) or 0)
 
 
 def _json_array(values: list[str]) -> str:

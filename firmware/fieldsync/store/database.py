@@ -19,6 +19,7 @@ from typing import Any
 from fieldsync.store import checkpoints, names
 from fieldsync.store.blobs import BlobStore, find_blobs
 from fieldsync.store.collection import Collection
+from fieldsync.store.doc_versions import device_versions
 from fieldsync.store.engine import Engine
 from fieldsync.store.errors import CheckpointConflict, InvalidInput, NotFoundError, StoreError
 from fieldsync.store.maintenance import (
@@ -31,6 +32,7 @@ from fieldsync.store.maintenance import (
 )
 from fieldsync.store.paths import BLOBS_DIR, DATABASE_FILE
 from fieldsync.store.schema import connect
+from fieldsync.store.versions import SourceID
 
 log = logging.getLogger(__name__)
 
@@ -370,6 +372,11 @@ class Database:
         return load_last_result(self.engine)
 
     # -- information -------------------------------------------------------------------------
+
+    @property
+    def source_id(self) -> SourceID:
+        """This database's version-vector source ID (16 random bytes, made once, persistent)."""
+        return device_versions(self.engine).source_id
 
     def disk_size(self) -> int:
         """Bytes used on disk by the database directory (SQLite files and blobs)."""

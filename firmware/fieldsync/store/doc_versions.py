@@ -78,7 +78,8 @@ class DeviceVersions:
 
     def __init__(self, engine: Engine, *, wall: Callable[[], int] = time.time_ns) -> None:
         self._engine = engine
-        self._wall = wall
+        #: Wall clock in ns since the epoch (replaceable in tests).
+        self.wall = wall
         self._source: SourceID | None = None
         self._lock = threading.Lock()
 
@@ -101,7 +102,7 @@ class DeviceVersions:
             ).fetchall()
         )
         state = ClockState(*(int(rows.get(key, 0)) for key in _CLOCK_KEYS))
-        return HybridLogicalClock(state, self._wall)
+        return HybridLogicalClock(state, self.wall)
 
     @staticmethod
     def _save_clock(conn: sqlite3.Connection, clock: HybridLogicalClock) -> None:

@@ -6,16 +6,21 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from fieldsync.store.versions import HLV, VersionWithLegacy
+
 
 @dataclass(frozen=True)
 class Document:
-    """A document's current (winning) revision with its decoded body."""
+    """A document's current (winning) revision with its decoded body. ``rev_id`` is its
+    rev-tree revID (Couchbase Lite's ``revisionID``); ``version`` its version vector (``None``
+    for a document nobody has changed since the version-vector upgrade)."""
 
     doc_id: str
     rev_id: str
     sequence: int
     deleted: bool
     body: dict[str, Any]
+    version: HLV | None = None
 
 
 @dataclass(frozen=True)
@@ -29,6 +34,8 @@ class Revision:
     sequence: int
     deleted: bool
     body: bytes | None
+    #: The vector this revision carried (``None`` for revisions from before the upgrade).
+    version: HLV | None = None
 
 
 @dataclass(frozen=True)
@@ -40,6 +47,9 @@ class Change:
     rev_id: str
     deleted: bool
     body_size: int
+    #: The document's current vector; ``None`` for a legacy document (CBMobile_4 peers then
+    #: see ``rev_id``).
+    version: HLV | None = None
 
 
 @dataclass(frozen=True)
@@ -53,6 +63,22 @@ class IncomingRevision:
     deleted: bool
     body: bytes
     no_conflicts: bool = False
+    #: A legacy revID pushed by a 4.x phone in a CBMobile_4 session: its vector becomes the
+    #: RTE form of ``rev_id`` (Sync Gateway's rule) instead of a new device version.
+    from_vv_peer: bool = False
+
+
+@dataclass(frozen=True)
+class IncomingVersioned:
+    """A revision a 4.x phone pushed as a version: ``version`` is its vector plus legacy tail
+    (``versions.parse_rev_history``). ``peer`` identifies the phone for the per-peer
+    ``lastLegacyRevID`` bookkeeping (``None``: not recorded)."""
+
+    doc_id: str
+    version: VersionWithLegacy
+    deleted: bool
+    body: bytes
+    peer: str | None = None
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
+from fieldsync.store.doc_versions import add_version_vectors
 from fieldsync.store.errors import StoreError
 from fieldsync.store.expiry import add_expiry_table
 
@@ -68,6 +69,7 @@ INSERT INTO collections (scope, name) VALUES ('_default', '_default');
 #: 2 (maint, issue 14): per-document expiration. 3+: vv-core (issue 12).
 UPGRADES: list[tuple[int, Callable[[sqlite3.Connection], None]]] = [
     (2, add_expiry_table),
+    (3, add_version_vectors),
 ]
 SCHEMA_VERSION = UPGRADES[-1][0] if UPGRADES else 1
 

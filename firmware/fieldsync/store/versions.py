@@ -368,11 +368,13 @@ def compare_vectors(a: HLV | None, b: HLV | None) -> Order:
 def merge(winner: HLV, loser: HLV, new_cv: Version) -> HLV:
     """A resolution with a new body (LiteCore ``merge``): ``new_cv`` current, both cvs as mvs
     (newest first), every other source at its newest time as pv."""
-    mvs = sorted((winner.cv, loser.cv), key=lambda v: v.time, reverse=True)
-    mvs = [
-        v for v in mvs if v != new_cv and not (v.source == new_cv.source and v.time >= new_cv.time)
-    ]
-    taken = {v.source for v in (new_cv, *mvs)}
+    mvs: list[Version] = []
+    taken = {new_cv.source}
+    # A cv by the merging source itself is covered by the new cv and is left out.
+    for version in sorted((winner.cv, loser.cv), key=lambda v: v.time, reverse=True):
+        if version.source not in taken:
+            mvs.append(version)
+            taken.add(version.source)
     rest = [
         v for v in _max_per_source((*winner.versions(), *loser.versions())) if v.source not in taken
     ]

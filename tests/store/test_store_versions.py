@@ -1,0 +1,348 @@
+"""Version vectors in the store: every write path updates the rev tree AND the vector, the
+device clock, 4.x inserts and conflicts, the per-peer lastLegacyRevID (VV-NOTES §6/§7)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from fieldsync.store import Collection, Database, IncomingRevision, revid
+from fieldsync.store import versions as vv
+from fieldsync.store.doc_versions import device_versions
+from fieldsync.store.models import IncomingVersioned
+from fieldsync.store.versions import HLV, Order, SourceID, Version
+
+PHONE = SourceID("+a694GBERHSnRp2GkS1abw")
+OTHER_PHONE = SourceID("CE8ZSklNSrG+nnJHOTadIg")
+NOW = 0x18ECB6B01A350000  # 2026-11-30
+
+
+def pushed(
+    doc_id: str,
+    rev: str,
+    history: str | None = None,
+    body: dict[str, object] | None = None,
+    *,
+    deleted: bool = False,
+    peer: str | None = "phone-a",
+) -> IncomingVersioned:
+    data = json.dumps(body if body is not None else {"by": rev}).encode()
+    return IncomingVersioned(
+        doc_id, vv.parse_rev_history(rev, history), deleted, b"{}" if deleted else data, peer
+    )
+
+
+def ver(source: SourceID, offset_ms: int) -> str:
+    return f"{NOW + offset_ms * 1_000_000:x}@{source}"
+
+
+# -- identity and clock ------------------------------------------------------------------------
+
+
+def test_source_id_is_persistent_and_distinct(tmp_path: Path) -> None:
+    with Database.open(tmp_path / "a") as a, Database.open(tmp_path / "b") as b:
+        source = a.source_id
+        assert len(source.text) == 22 and source != b.source_id
+    with Database.open(tmp_path / "a") as again:
+        assert again.source_id == source
+
+
+def test_local_writes_update_tree_and_vector(coll: Collection, db: Database) -> None:
+    me = db.source_id
+    first = coll.save_document("d", {"v": 1})
+    assert first.version is not None and first.version.cv.source == me
+    assert revid.generation(first.rev_id) == 1
+    second = coll.save_document("d", {"v": 2})
+    assert second.version is not None and second.version.cv.time > first.version.cv.time
+    assert not second.version.pv  # same author: one entry
+    deleted = coll.delete_document("d")
+    assert deleted.version is not None and deleted.version.cv.time > second.version.cv.time
+    current = coll.get_versions("d")
+    assert current is not None and current.deleted and current.hlv == deleted.version
+    assert current.rev_id == deleted.rev_id
+    # every revision keeps the vector it had
+    rev1 = coll.get_revision("d", first.rev_id)
+    assert rev1 is not None and rev1.version == first.version
+    assert coll.get_revision_by_version("d", second.version.cv) is not None
+    document = coll.get_document("x")
+    assert document is None
+
+
+def test_clock_strictly_increasing_across_two_processes_on_one_file(tmp_path: Path) -> None:
+    with Database.open(tmp_path / "db") as one, Database.open(tmp_path / "db") as two:
+        stamps = []
+        for i in range(20):
+            db = one if i % 2 else two
+            doc = db.default_collection.save_document(f"d{i % 3}", {"i": i})
+            assert doc.version is not None
+            stamps.append(doc.version.cv.time)
+        assert stamps == sorted(stamps) and len(set(stamps)) == len(stamps)
+
+
+def test_clock_clamped_to_phone_clock_when_device_runs_ahead(
+    coll: Collection, db: Database
+) -> None:
+    device = device_versions(db.engine)
+    device.wall = lambda: NOW + 3600 * 10**9  # device clock one hour ahead
+    result = coll.insert_versioned([pushed("d", ver(PHONE, 0))])
+    assert result[0].status == 201
+    saved = coll.save_document("d", {"edited": "on the device"})
+    assert saved.version is not None
+    assert NOW < saved.version.cv.time <= NOW + vv.STAMP_MARGIN_NS
+    assert saved.version.cv.time - NOW < vv.PEER_MAX_SKEW_NS
+    assert saved.version.pv == (Version(NOW, PHONE),)
+
+
+def test_clock_advances_from_received_versions_without_rtc(coll: Collection, db: Database) -> None:
+    device = device_versions(db.engine)
+    device.wall = lambda: 10**9  # booted at the epoch, no RTC, no NTP
+    early = coll.save_document("early", {})
+    assert early.version is not None and early.version.cv.time >= vv.MIN_VALID_TIME
+    coll.insert_versioned([pushed("d", ver(PHONE, 5000), None)])
+    saved = coll.save_document("d", {"after": "phone"})
+    assert saved.version is not None and saved.version.cv.time > NOW + 5000 * 10**6
+    state = device.clock_state()
+    assert state.last == saved.version.cv.time
+
+
+# -- 3.x writes -------------------------------------------------------------------------------
+
+
+def test_rev_tree_insert_gets_a_device_version(coll: Collection, db: Database) -> None:
+    body = b'{"from":"3.x"}'
+    rev1 = revid.make(None, False, body)
+    [result] = coll.insert_revisions([IncomingRevision("d", rev1, [], False, body, True)])
+    assert result.status == 201
+    current = coll.get_versions("d")
+    assert current is not None and current.hlv is not None
+    assert current.hlv.cv.source == db.source_id and current.base_legacy is None
+    # a 4.x phone that pulled that version edits on top of it
+    rev = ver(PHONE, 10**6)
+    [result] = coll.insert_versioned([pushed("d", rev, str(current.hlv.cv))])
+    assert result.status == 201
+    after = coll.get_versions("d")
+    assert after is not None and after.hlv is not None and str(after.hlv.cv) == rev
+    assert revid.generation(after.rev_id) == 2
+    assert coll.rev_history("d", after.rev_id)[1] == rev1  # a 3.x phone sees a child of rev1
+    # the 3.x phone edits again: new device version, the phone's version moves to pv
+    body3 = b'{"from":"3.x again"}'
+    rev3 = revid.make(after.rev_id, False, body3)
+    [result] = coll.insert_revisions(
+        [IncomingRevision("d", rev3, [after.rev_id, rev1], False, body3, True)]
+    )
+    assert result.status == 201
+    final = coll.get_versions("d")
+    assert final is not None and final.hlv is not None
+    assert final.hlv.cv.source == db.source_id and final.hlv.time_of(PHONE) == NOW + 10**12
+
+
+def test_legacy_rev_from_4x_peer_gets_rte_version(coll: Collection) -> None:
+    body = b'{"legacy":1}'
+    rev1 = "2-" + "ab" * 20
+    [result] = coll.insert_revisions(
+        [IncomingRevision("d", rev1, ["1-" + "cd" * 20], False, body, True, from_vv_peer=True)]
+    )
+    assert result.status == 201
+    current = coll.get_versions("d")
+    assert current is not None and current.hlv is not None
+    assert current.hlv.cv == vv.legacy_version(rev1)
+    assert coll.has_version("d", vv.legacy_version(rev1)) and coll.has_version("d", rev1)
+
+
+# -- 4.x writes --------------------------------------------------------------------------------
+
+
+def test_versioned_insert_new_update_same_older_conflict(coll: Collection, db: Database) -> None:
+    v1, v2 = ver(PHONE, 0), ver(PHONE, 1000)
+    [r] = coll.insert_versioned([pushed("d", v1, body={"n": 1})])
+    assert (r.status, r.current_rev) == (201, v1)
+    doc = coll.get_document("d")
+    assert doc is not None and doc.body == {"n": 1} and doc.version == HLV.parse(v1)
+    assert revid.generation(doc.rev_id) == 1
+    [r] = coll.insert_versioned([pushed("d", v1, body={"n": 1})])
+    assert (r.status, r.current_rev) == (200, v1)  # same: nothing stored
+    [r] = coll.insert_versioned([pushed("d", v2, body={"n": 2})])  # same author: no history
+    assert r.status == 201
+    [r] = coll.insert_versioned([pushed("d", v1)])
+    assert (r.status, r.current_rev) == (200, v2)  # older
+    # a device edit, then a phone edit that did not see it: conflict, nothing stored
+    saved = coll.save_document("d", {"n": "device"})
+    assert saved.version is not None
+    before = coll.get_versions("d")
+    [r] = coll.insert_versioned([pushed("d", ver(OTHER_PHONE, 2000), v2)])
+    assert r.status == 409 and r.current_rev == str(saved.version.cv)
+    assert coll.get_versions("d") == before
+    # the same phone after pulling the device edit: newer
+    history = f"{saved.version.cv}, {v2}"
+    [r] = coll.insert_versioned([pushed("d", ver(OTHER_PHONE, 3000), history)])
+    assert r.status == 201
+    assert coll.get_document("d").version == HLV.parse(f"{ver(OTHER_PHONE, 3000)}; {history}")
+    # check_proposed_version answers from the same state
+    assert coll.check_proposed_version("d", Version.parse(ver(OTHER_PHONE, 3000)), None) == (
+        304,
+        None,
+    )
+    assert coll.check_proposed_version("d", Version.parse(ver(PHONE, 9000)), Version.parse(v2)) == (
+        409,
+        ver(OTHER_PHONE, 3000),
+    )
+
+
+def test_same_content_same_revid_in_two_databases(tmp_path: Path) -> None:
+    rev_ids = []
+    for name in ("a", "b"):
+        with Database.open(tmp_path / name) as db:
+            coll = db.default_collection
+            coll.insert_versioned([pushed("d", ver(PHONE, 0), body={"x": 1})])
+            coll.insert_versioned([pushed("d", ver(PHONE, 5), body={"x": 2})])
+            doc = coll.get_document("d")
+            assert doc is not None
+            rev_ids.append(doc.rev_id)
+    assert rev_ids[0] == rev_ids[1] and revid.generation(rev_ids[0]) == 2
+
+
+def test_versioned_tombstone_and_recreate(coll: Collection) -> None:
+    coll.insert_versioned([pushed("d", ver(PHONE, 0))])
+    [r] = coll.insert_versioned([pushed("d", ver(PHONE, 10), deleted=True)])
+    assert r.status == 201
+    assert coll.get_document("d") is None
+    changes = coll.changes_since(0)
+    assert changes[-1].deleted and changes[-1].version == HLV.parse(ver(PHONE, 10))
+    # another phone creates the document anew (no parent) over the tombstone
+    [r] = coll.insert_versioned([pushed("d", ver(OTHER_PHONE, 20), body={"again": True})])
+    assert r.status == 201
+    doc = coll.get_document("d")
+    assert doc is not None and doc.body == {"again": True}
+
+
+def test_bad_versioned_revision_is_400_and_isolated(coll: Collection) -> None:
+    good = pushed("good", ver(PHONE, 0))
+    bad_body = IncomingVersioned("bad", vv.parse_rev_history(ver(PHONE, 1), None), False, b"[1]")
+    bad_id = pushed("", ver(PHONE, 2))
+    legacy_only = IncomingVersioned("x", vv.VersionWithLegacy(None, ("1-ab",)), False, b"{}")
+    results = coll.insert_versioned([bad_body, good, bad_id, legacy_only])
+    assert [r.status for r in results] == [400, 201, 400, 400]
+    assert "rev" in results[3].message
+    assert coll.get_versions("bad") is None and coll.get_versions("good") is not None
+
+
+def test_peer_legacy_recorded_and_settable(coll: Collection) -> None:
+    assert coll.get_peer_legacy("d", "phone-a") is None
+    coll.insert_versioned([pushed("d", ver(PHONE, 0), peer="phone-a")])
+    assert coll.get_peer_legacy("d", "phone-a") == ""
+    coll.set_peer_legacy("d", "phone-b", "3-abcd")
+    assert coll.get_peer_legacy("d", "phone-b") == "3-abcd"
+    with pytest.raises(vv.revid.BadRevisionID):
+        coll.set_peer_legacy("d", "phone-b", "nonsense")
+
+
+# -- conflicts on the rev tree side ---------------------------------------------------------------
+
+
+def test_rev_tree_conflict_and_resolution_cover_both_vectors(
+    coll: Collection, db: Database
+) -> None:
+    coll.insert_versioned([pushed("d", ver(PHONE, 0))])
+    base = coll.get_versions("d")
+    assert base is not None
+    # two 3.x branches (no_conflicts off, e.g. pulled from Sync Gateway): a rev-tree conflict
+    branches = ["2-" + "aa" * 20, "2-" + "ff" * 20]
+    for branch in branches:
+        body = json.dumps({"branch": branch}).encode()
+        [r] = coll.insert_revisions([IncomingRevision("d", branch, [base.rev_id], False, body)])
+        assert r.status == 201
+    assert coll.is_conflicted("d") and coll.leaf_revisions("d") == branches[::-1]
+    winner = coll.get_versions("d")
+    assert winner is not None and winner.hlv is not None and winner.rev_id == branches[1]
+    winner_rev = coll.get_revision("d", branches[1])
+    loser_rev = coll.get_revision("d", branches[0])
+    assert winner_rev is not None and loser_rev is not None
+    assert winner.hlv == winner_rev.version  # the document's vector is its winner's
+    loser_hlv = loser_rev.version
+    assert loser_hlv is not None and loser_hlv.cv.source == db.source_id
+    # the branch beside the then-current revision is named by its RTE version
+    assert winner.hlv.cv == vv.legacy_version(branches[1])
+    assert vv.compare_vectors(winner.hlv, loser_hlv) is Order.CONFLICT
+    # a 4.x phone that holds the losing branch gets 409, not a silent overwrite
+    history = f"{loser_hlv.cv}, {ver(PHONE, 0)}"
+    [r] = coll.insert_versioned([pushed("d", ver(OTHER_PHONE, 50), history)])
+    assert r.status == 409 and r.current_rev == str(winner.hlv.cv)
+    resolved = coll.resolve_conflict(
+        "d", winning_rev=winner.rev_id, losing_rev=branches[0], body={"m": 1}
+    )
+    assert resolved.version is not None and resolved.version.mv
+    assert vv.compare_vectors(resolved.version, winner.hlv) is Order.NEWER
+    assert vv.compare_vectors(resolved.version, loser_hlv) is Order.NEWER
+    assert not coll.is_conflicted("d")
+    # now the phone that held the loser pulls the merge and edits on top: accepted
+    edited = resolved.version.with_new_cv(Version.parse(ver(OTHER_PHONE, 60)))
+    [r] = coll.insert_versioned([pushed("d", str(edited.cv), vv.format_history(edited))])
+    assert r.status == 201
+
+
+def test_resolution_without_body_covers_the_loser(coll: Collection) -> None:
+    coll.insert_versioned([pushed("d", ver(PHONE, 0))])
+    base = coll.get_versions("d")
+    assert base is not None
+    for branch in ("2-" + "aa" * 20, "2-" + "ff" * 20):
+        coll.insert_revisions([IncomingRevision("d", branch, [base.rev_id], False, b"{}")])
+    loser = coll.get_revision("d", "2-" + "aa" * 20)
+    assert loser is not None and loser.version is not None
+    doc = coll.resolve_conflict("d", winning_rev="2-" + "ff" * 20, losing_rev="2-" + "aa" * 20)
+    assert doc.version is not None and doc.version.contains(loser.version.cv)
+
+
+# -- upgrade of an existing database ----------------------------------------------------------
+
+
+def test_upgraded_database_keeps_legacy_revids_until_written(v1_database: Path) -> None:
+    with Database.open(v1_database) as db:
+        coll = db.default_collection
+        changes = coll.changes_since(0)
+        assert changes and all(c.version is None for c in changes)
+        legacy = coll.get_versions("doc-1")
+        assert legacy is not None and legacy.hlv is None
+        assert legacy.current_text == legacy.rev_id
+        doc = coll.get_document("doc-1")
+        assert doc is not None and doc.version is None
+        # a 4.x phone that had the legacy revision saves over it: lastLegacyRevID as tail
+        [r] = coll.insert_versioned(
+            [pushed("doc-1", ver(PHONE, 0), legacy.rev_id, peer=PHONE.text)]
+        )
+        assert r.status == 201
+        after = coll.get_versions("doc-1")
+        assert after is not None and after.base_legacy == legacy.rev_id
+        assert coll.rev_history("doc-1", after.rev_id)[1] == legacy.rev_id
+        assert coll.get_peer_legacy("doc-1", PHONE.text) == legacy.rev_id
+        # again, with the lastLegacyRevID: newer
+        [r] = coll.insert_versioned(
+            [pushed("doc-1", ver(PHONE, 5), legacy.rev_id, peer=PHONE.text)]
+        )
+        assert r.status == 201
+        # a phone without that legacy revision: conflict
+        [r] = coll.insert_versioned([pushed("doc-1", ver(OTHER_PHONE, 9), None)])
+        assert r.status == 409
+        # device save on a legacy doc
+        saved = coll.save_document("doc-3", {"device": True})
+        assert saved.version is not None
+        state = coll.get_versions("doc-3")
+        assert state is not None and state.base_legacy == coll.rev_history("doc-3", saved.rev_id)[1]
+
+
+def test_phone_with_newer_legacy_revisions_grafts_them(v1_database: Path) -> None:
+    with Database.open(v1_database) as db:
+        coll = db.default_collection
+        legacy = coll.get_versions("doc-1")
+        assert legacy is not None
+        gen = revid.generation(legacy.rev_id)
+        newer = f"{gen + 1}-" + "ee" * 20
+        [r] = coll.insert_versioned(
+            [pushed("doc-1", ver(PHONE, 0), f"{newer}, {legacy.rev_id}", peer="p")]
+        )
+        assert r.status == 201
+        after = coll.get_versions("doc-1")
+        assert after is not None and after.base_legacy == newer
+        assert coll.rev_history("doc-1", after.rev_id)[:3] == [after.rev_id, newer, legacy.rev_id]
+        assert revid.generation(after.rev_id) == gen + 2
