@@ -32,7 +32,11 @@ def test_put_get_list_delete(capsys, dbpath):
 
     status, out, _ = run(capsys, "db", "get", "--db", dbpath, "doc1")
     assert status == 0
-    assert json.loads(out) == {"_id": "doc1", "_rev": put["rev"], "temp": 21.5}
+    got = json.loads(out)
+    with Database.open(dbpath, create=False) as db:
+        source = db.source_id.text
+    assert got["_version"].endswith("@" + source)  # the version vector beside the revID
+    assert got == {"_id": "doc1", "_rev": put["rev"], "_version": got["_version"], "temp": 21.5}
 
     run(capsys, "db", "--db", dbpath, "put", "doc2", '{"n": 2}')
     status, out, _ = run(capsys, "db", "--db", dbpath, "list")
@@ -68,7 +72,10 @@ def test_get_specific_revision(capsys, dbpath):
     first = json.loads(out)["rev"]
     run(capsys, "db", "--db", dbpath, "put", "d", '{"v": 2}')
     status, out, _ = run(capsys, "db", "--db", dbpath, "get", "d", "--rev", first)
-    assert status == 0 and json.loads(out) == {"_id": "d", "_rev": first, "v": 1}
+    got = json.loads(out)
+    assert status == 0 and got == {"_id": "d", "_rev": first, "_version": got["_version"], "v": 1}
+    _, out, _ = run(capsys, "db", "--db", dbpath, "get", "d")
+    assert json.loads(out)["_version"] != got["_version"]
     status, _, err = run(capsys, "db", "--db", dbpath, "get", "d", "--rev", "9-" + "ab" * 20)
     assert status == 1 and "no revision" in err
 
@@ -136,3 +143,14 @@ def test_default_database_path_follows_xdg(monkeypatch, tmp_path, capsys):
 def test_db_without_subcommand_shows_usage(capsys):
     status, _, err = run(capsys, "db")
     assert status == 2 and "put" in err and "info" in err
+
+
+def test_get_prints_both_spellings_of_an_upgraded_document(capsys, v1_database):
+    """A document untouched since the version-vector upgrade has only its revID."""
+    status, out, _ = run(capsys, "db", "--db", str(v1_database), "get", "doc-1")
+    got = json.loads(out)
+    assert status == 0 and got["_rev"].startswith("1-") and got["_version"] is None
+    run(capsys, "db", "--db", str(v1_database), "put", "doc-1", '{"v": 3}')
+    _, out, _ = run(capsys, "db", "--db", str(v1_database), "get", "doc-1")
+    got = json.loads(out)
+    assert got["_rev"].startswith("2-") and "@" in got["_version"]

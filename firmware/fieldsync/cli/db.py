@@ -41,6 +41,7 @@ from fieldsync.store import (
 from fieldsync.store.maintenance import DAY, free_bytes
 from fieldsync.store.names import DEFAULT_COLLECTION, DEFAULT_SCOPE
 from fieldsync.store.paths import default_database_path
+from fieldsync.store.versions import HLV
 
 DEFAULT_COLLECTION_NAME = f"{DEFAULT_SCOPE}.{DEFAULT_COLLECTION}"
 
@@ -227,19 +228,26 @@ def cmd_get(args: argparse.Namespace) -> int:
             doc = collection.get_document(args.doc_id)
             if doc is None:
                 raise CommandError(f"no document {args.doc_id!r} in {collection.full_name}")
-            _print_json({"_id": doc.doc_id, "_rev": doc.rev_id, **doc.body})
+            _print_json({"_id": doc.doc_id, **_spellings(doc.rev_id, doc.version), **doc.body})
             return 0
         rev = collection.get_revision(args.doc_id, args.rev)
         if rev is None:
             raise CommandError(f"no revision {args.rev} of {args.doc_id!r}")
         if rev.body is None:
             raise CommandError(f"the body of revision {args.rev} is no longer stored")
-        out: dict[str, Any] = {"_id": rev.doc_id, "_rev": rev.rev_id}
+        out: dict[str, Any] = {"_id": rev.doc_id, **_spellings(rev.rev_id, rev.version)}
         if rev.deleted:
             out["_deleted"] = True
         out.update(json.loads(rev.body))
         _print_json(out)
     return 0
+
+
+def _spellings(rev_id: str, version: HLV | None) -> dict[str, str | None]:
+    """Both names of a revision: ``_rev`` the rev-tree revID (what 3.x phones see),
+    ``_version`` the version vector (what 4.x phones see; null until the document is first
+    written after the version-vector upgrade)."""
+    return {"_rev": rev_id, "_version": str(version) if version is not None else None}
 
 
 @_guarded
