@@ -95,6 +95,25 @@ class MdnsSettings:
 
 
 @dataclass(frozen=True)
+class MaintenanceSettings:
+    """When the agent compacts its databases by itself (``[maintenance]``, issue 14).
+
+    ``compact_at`` is a local ``HH:MM`` (None = no schedule); the scheduled run waits while a
+    phone is connected when ``only_when_idle``, but at most ``max_delay_hours``. Below
+    ``min_free_mb`` free on a database's file system it compacts early (at most once an hour).
+    """
+
+    enabled: bool = True
+    compact_at: tuple[int, int] | None = (3, 30)
+    only_when_idle: bool = True
+    max_delay_hours: float = 6.0
+    min_free_mb: int = 256
+    check_minutes: float = 10.0
+    tombstone_purge_days: float = 30.0
+    peer_retention_days: float = 90.0
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     """Everything ``fieldsync agent`` needs, as read from one TOML file."""
 
@@ -106,6 +125,7 @@ class AgentConfig:
     mdns: MdnsSettings = MdnsSettings()
     log_level: str = "info"
     control_socket: Path = DEFAULT_CONTROL_SOCKET
+    maintenance: MaintenanceSettings = MaintenanceSettings()
     source: Path | None = field(default=None, compare=False)
 
     def password_hashes(self) -> dict[str, str]:
@@ -170,6 +190,7 @@ class _Parser:
                 "databases",
                 "users",
                 "mdns",
+                "maintenance",
             },
         )
         log_level = _string(doc, "log_level", "", default="info").lower()
@@ -203,7 +224,58 @@ class _Parser:
             mdns=self._mdns(_table(doc, "mdns", "")),
             log_level=log_level,
             control_socket=control_socket,
+            maintenance=self._maintenance(_table(doc, "maintenance", "")),
             source=self.source,
+        )
+
+    def _maintenance(self, table: dict[str, Any]) -> MaintenanceSettings:
+        prefix = "maintenance."
+        defaults = MaintenanceSettings()
+        _check_keys(
+            table,
+            prefix,
+            {
+                "enabled",
+                "compact_at",
+                "only_when_idle",
+                "max_delay_hours",
+                "min_free_mb",
+                "check_minutes",
+                "tombstone_purge_days",
+                "peer_retention_days",
+            },
+        )
+        compact_at: tuple[int, int] | None = defaults.compact_at
+        if "compact_at" in table:
+            text = _string(table, "compact_at", prefix, default=None)
+            match = re.fullmatch(r"([01]?\d|2[0-3]):([0-5]\d)", text.strip())
+            if text.strip().lower() in ("", "never", "off"):
+                compact_at = None
+            elif match is None:
+                raise ConfigError(
+                    "maintenance.compact_at",
+                    f'must be a local time "HH:MM" (e.g. "03:30") or "off", not {text!r}',
+                )
+            else:
+                compact_at = (int(match.group(1)), int(match.group(2)))
+
+        def number(name: str, default: float, minimum: float) -> float:
+            value = table.get(name, default)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ConfigError(prefix + name, f"must be a number, not {_describe(value)}")
+            if value < minimum:
+                raise ConfigError(prefix + name, f"must be at least {minimum}, not {value}")
+            return float(value)
+
+        return MaintenanceSettings(
+            enabled=_bool(table, "enabled", prefix, default=defaults.enabled),
+            compact_at=compact_at,
+            only_when_idle=_bool(table, "only_when_idle", prefix, default=defaults.only_when_idle),
+            max_delay_hours=number("max_delay_hours", defaults.max_delay_hours, 0),
+            min_free_mb=int(number("min_free_mb", defaults.min_free_mb, 0)),
+            check_minutes=number("check_minutes", defaults.check_minutes, 0.1),
+            tombstone_purge_days=number("tombstone_purge_days", defaults.tombstone_purge_days, 0),
+            peer_retention_days=number("peer_retention_days", defaults.peer_retention_days, 0),
         )
 
     def _listener(self, table: dict[str, Any]) -> ListenerSettings:

@@ -65,6 +65,7 @@ def empty_status() -> dict[str, Any]:
         "mdns": None,
         "connections": [],
         "databases": [],
+        "maintenance": None,
         "uptime": 0.0,
         "recent_errors": [],
         "pid": os.getpid(),

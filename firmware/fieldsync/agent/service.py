@@ -38,6 +38,7 @@ from fieldsync.agent.advertiser import ServiceAdvertiser, build_txt
 from fieldsync.agent.config import AgentConfig, ConfigError, DatabaseConfig, load_config
 from fieldsync.agent.control import ControlServer, empty_status
 from fieldsync.agent.interfaces import InterfaceState, InterfaceWatcher
+from fieldsync.agent.maintenance import MaintenanceScheduler
 from fieldsync.agent.notify import SystemdNotifier
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,7 @@ class Agent:
         self._advertiser: ServiceAdvertiser | None = None
         self._mdns_error: str | None = None
         self._control: ControlServer | None = None
+        self._maintenance: MaintenanceScheduler | None = None
         self._errors: deque[dict[str, str]] = deque(maxlen=MAX_RECENT_ERRORS)
         self._wake = asyncio.Event()
         self._stop_requested = False
@@ -152,6 +154,7 @@ class Agent:
             mdns=self._mdns_status(),
             connections=self._connection_status(),
             databases=self._database_status(),
+            maintenance=self._maintenance.status() if self._maintenance is not None else None,
             uptime=round(time.monotonic() - self._started, 1),
             recent_errors=list(self._errors),
         )
@@ -173,6 +176,12 @@ class Agent:
                 f"control socket {self.config.control_socket}: {exc.strerror or exc}"
             ) from None
         self._open_databases(self.config.databases)
+        self._maintenance = MaintenanceScheduler(
+            lambda: self._databases,
+            self.config.maintenance,
+            phones_connected=self._phones_connected,
+        )
+        await self._maintenance.start()
         try:
             await self._start_watcher()
         except OSError as exc:
@@ -189,6 +198,9 @@ class Agent:
                 await self._advertiser.close()
             self._advertiser = None
         await self._stop_listener("shutting down")
+        if self._maintenance is not None:
+            await self._maintenance.stop()
+            self._maintenance = None
         self._close_databases(list(self._databases))
         if self._watcher is not None:
             await self._watcher.close()
@@ -502,8 +514,14 @@ class Agent:
                     entry["last_sequence"] = max((c.last_sequence for c in collections), default=0)
                 except Exception as exc:
                     entry["error"] = str(exc)
+                if self._maintenance is not None:  # sizes, free space, last maintenance
+                    entry.update(self._maintenance.status()["databases"].get(db_config.name, {}))
             result.append(entry)
         return result
+
+    def _phones_connected(self) -> int:
+        """Open replication connections (the nightly compaction waits for none)."""
+        return len(self._listener.connections()) if self._listener is not None else 0
 
     def _connection_status(self) -> list[dict[str, Any]]:
         if self._listener is None:
@@ -545,6 +563,8 @@ class Agent:
             return
         old, self.config = self.config, new
         log.info("configuration reloaded from %s", self.config_path)
+        if self._maintenance is not None:
+            self._maintenance.update_settings(new.maintenance)
         _apply_log_level(new.log_level)
         if new.control_socket != old.control_socket:
             await self._restart_control_server()

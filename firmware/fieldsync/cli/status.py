@@ -177,6 +177,25 @@ def format_status(document: dict[str, Any], *, colour: bool = False) -> str:
             f"    {db.get('name')}  {db.get('path')}  "
             f"{'?' if docs is None else docs} docs, last sequence {'?' if seq is None else seq}"
         )
+        if "database_bytes" in db:
+            lines.append(
+                f"      storage  database {format_bytes(db.get('database_bytes'))}, "
+                f"blobs {format_bytes(db.get('blob_bytes'))}, "
+                f"free {format_bytes(db.get('free_bytes'))}"
+            )
+            last = db.get("last_maintenance") or "never run"
+            if db.get("last_maintenance_ok") is False:
+                last = paint.error(last)
+            lines.append(f"      maintenance  {last}")
+    maintenance = document.get("maintenance")
+    if maintenance:
+        if not maintenance.get("enabled", True):
+            plan = "automatic maintenance off"
+        else:
+            plan = f"next compaction {maintenance.get('next_compaction') or 'on low space only'}"
+        if maintenance.get("running"):
+            plan += f", compacting {maintenance['running']} now"
+        lines.append(f"  maintenance {plan}")
     connections = document.get("connections") or []
     lines.append(f"  connections {len(connections)}")
     for conn in connections:
