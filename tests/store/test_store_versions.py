@@ -234,8 +234,11 @@ def test_peer_legacy_recorded_and_settable(coll: Collection) -> None:
     assert coll.get_peer_legacy("d", "phone-a") == ""
     coll.set_peer_legacy("d", "phone-b", "3-abcd")
     assert coll.get_peer_legacy("d", "phone-b") == "3-abcd"
-    with pytest.raises(vv.revid.BadRevisionID):
-        coll.set_peer_legacy("d", "phone-b", "nonsense")
+    for bad in ("nonsense", ver(PHONE, 1)):
+        with pytest.raises(vv.BadVersion) as info:
+            coll.set_peer_legacy("d", "phone-b", bad)
+        assert info.value.field == "legacy_rev"
+    assert coll.get_peer_legacy("d", "phone-b") == "3-abcd"
 
 
 # -- conflicts on the rev tree side ---------------------------------------------------------------
@@ -346,3 +349,71 @@ def test_phone_with_newer_legacy_revisions_grafts_them(v1_database: Path) -> Non
         assert after is not None and after.base_legacy == newer
         assert coll.rev_history("doc-1", after.rev_id)[:3] == [after.rev_id, newer, legacy.rev_id]
         assert revid.generation(after.rev_id) == gen + 2
+
+
+# -- the mixed-fleet walkthrough of VV-NOTES §7, at the store -----------------------------------
+
+
+def _start_shared_doc(coll: Collection) -> tuple[str, HLV]:
+    """A document at rev-tree R / vector c0 on the device and on both phones."""
+    body = b'{"start":true}'
+    rev_r = revid.make(None, False, body)
+    coll.insert_revisions([IncomingRevision("doc", rev_r, [], False, body, True)])
+    state = coll.get_versions("doc")
+    assert state is not None and state.hlv is not None
+    return rev_r, state.hlv
+
+
+def test_mixed_fleet_3x_phone_first(coll: Collection) -> None:
+    rev_r, c0 = _start_shared_doc(coll)
+    # 3.x phone A edits R -> A1 and syncs first
+    body_a1 = b'{"by":"A"}'
+    a1 = revid.make(rev_r, False, body_a1)
+    assert coll.check_proposed("doc", a1, rev_r) == (0, None)
+    [r] = coll.insert_revisions([IncomingRevision("doc", a1, [rev_r], False, body_a1, True)])
+    assert r.status == 201
+    device = coll.get_versions("doc")
+    assert device is not None and device.hlv is not None
+    # 4.x phone B edited c0 -> b1@B; its proposal is refused with the device's cv
+    b1 = Version.parse(ver(PHONE, 10))
+    assert coll.check_proposed_version("doc", b1, c0.cv) == (409, str(device.hlv.cv))
+    # B pulls the device's version: a real conflict on B (neither contains the other's cv)
+    phone_b = c0.with_new_cv(b1)
+    assert vv.compare_vectors(device.hlv, phone_b) is Order.CONFLICT
+    # B resolves with a merged body; the merge is newer than the device's revision
+    merged = vv.merge(phone_b, device.hlv, Version.parse(ver(PHONE, 20)))
+    assert coll.check_proposed_version("doc", merged.cv, b1, merged) == (0, None)
+    [r] = coll.insert_versioned(
+        [pushed("doc", str(merged.cv), vv.format_history(merged), {"merged": True})]
+    )
+    assert r.status == 201
+    # A pulls it as an ordinary update: a child of A1 in the rev tree
+    final = coll.get_versions("doc")
+    assert final is not None and final.hlv is not None
+    assert coll.rev_history("doc", final.rev_id)[:2] == [final.rev_id, a1]
+    assert not coll.is_conflicted("doc")
+
+
+def test_mixed_fleet_4x_phone_first(coll: Collection, db: Database) -> None:
+    rev_r, c0 = _start_shared_doc(coll)
+    b1 = ver(PHONE, 10)
+    assert coll.check_proposed_version("doc", Version.parse(b1), c0.cv) == (0, None)
+    [r] = coll.insert_versioned([pushed("doc", b1, str(c0.cv), {"by": "B"})])
+    assert r.status == 201
+    r2 = coll.get_versions("doc")
+    assert r2 is not None and coll.rev_history("doc", r2.rev_id)[1] == rev_r
+    # 3.x phone A edited R -> A1: refused (rev-tree rules); it pulls R2 and, like CBL 3.x,
+    # resolves with a child of the remote branch
+    a1 = revid.make(rev_r, False, b'{"by":"A"}')
+    assert coll.check_proposed("doc", a1, rev_r) == (409, r2.rev_id)
+    body_r3 = b'{"resolved":"A"}'
+    r3 = revid.make(r2.rev_id, False, body_r3)
+    [r] = coll.insert_revisions(
+        [IncomingRevision("doc", r3, [r2.rev_id, rev_r], False, body_r3, True)]
+    )
+    assert r.status == 201
+    device = coll.get_versions("doc")
+    assert device is not None and device.hlv is not None
+    assert device.hlv.cv.source == db.source_id
+    # B pulls it as newer (it contains B's cv): an ordinary update
+    assert vv.compare_vectors(device.hlv, HLV.parse(f"{b1}; {c0.cv}")) is Order.NEWER

@@ -36,6 +36,7 @@ from fieldsync.store.versions import (
     legacy_matches,
     legacy_version,
     merge,
+    parse_revision,
     trivial_merge,
 )
 
@@ -455,13 +456,9 @@ class Collection:
         if hlv is not None and hlv.contains(version):
             return True
         if version.is_legacy:
-            return any(legacy_matches(r, version) for r in self.leaf_and_ancestors(doc_id))
+            tree = self._read_tree(doc_id)
+            return tree is not None and any(legacy_matches(r, version) for r in tree.nodes)
         return self.get_revision_by_version(doc_id, version, with_body=False) is not None
-
-    def leaf_and_ancestors(self, doc_id: str) -> list[str]:
-        """Every revID in the document's tree."""
-        tree = self._read_tree(doc_id)
-        return list(tree.nodes) if tree is not None else []
 
     def get_revision_by_version(
         self, doc_id: str, version: Version, *, with_body: bool = True
@@ -495,8 +492,8 @@ class Collection:
         """Record a phone's ``lastLegacyRevID`` for this document (``''`` = it has none)."""
         if not isinstance(peer, str) or not peer:
             raise InvalidInput("peer must be a non-empty string")
-        if legacy_rev:
-            revid.parse(legacy_rev)
+        if legacy_rev and not isinstance(parse_revision(legacy_rev, "legacy_rev"), str):
+            raise BadVersion("legacy_rev", f"not a legacy revID: {legacy_rev!r}")
         with self._engine.write() as conn:
             doc_versions.set_peer_legacy(conn, self.id, doc_id, peer, legacy_rev)
 
