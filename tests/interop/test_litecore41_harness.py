@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -181,6 +182,30 @@ def test_vv_conflict_shows_both_leaves_and_resolves(
         assert other.get("c")["body"] == {"v": "m"}  # type: ignore[index]
     finally:
         other.close()
+
+
+def test_vv_continuous_push_in_a_named_collection(
+    phone41_vv: LiteDatabase, cbl41: CblTools, tmp_path: Path
+) -> None:
+    """Continuous mode and a named collection on a VV phone (4.x always uses getCollections)."""
+    phone41_vv.create_collection("inventory.items")
+    phone41_vv.put("i1", {"v": 1}, collection="inventory.items")
+    with cbl41.passive(tmp_path / "passive", vv=True, collections=["inventory.items"]) as passive:
+        repl = phone41_vv.replicator(
+            passive.url, pull=False, continuous=True, collections=["inventory.items"]
+        )
+        with repl:
+            repl.start()
+            assert not repl.wait("idle", timeout=TIMEOUT).error
+            phone41_vv.put("i2", {"v": 2}, collection="inventory.items")  # a live change
+            deadline = time.monotonic() + TIMEOUT
+            while len(pushed_doc_ids(repl.documents_ended)) < 2 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            ended = repl.documents_ended
+        assert pushed_doc_ids(ended) == {"i1", "i2"}
+        assert {d.collection for d in ended} == {"inventory.items"}
+        (conn,) = passive.wait_connections(1)
+    assert conn["protocol"] == CBMOBILE_4 and conn["docs_received"] == 2, conn
 
 
 def test_cblpeer_41_vv_pushes_to_cblpassive_vv(cbl41: CblTools, tmp_path: Path) -> None:
