@@ -417,3 +417,25 @@ def test_mixed_fleet_4x_phone_first(coll: Collection, db: Database) -> None:
     assert device.hlv.cv.source == db.source_id
     # B pulls it as newer (it contains B's cv): an ordinary update
     assert vv.compare_vectors(device.hlv, HLV.parse(f"{b1}; {c0.cv}")) is Order.NEWER
+
+
+def test_4x_phone_saving_over_a_legacy_revision_it_pushed(coll: Collection) -> None:
+    """A 4.x phone whose doc was still legacy pushes R2 (rev-tree form, CBMobile_4), then saves
+    a version over it with lastLegacyRevID R2: an update, not a conflict."""
+    body = b'{"n":1}'
+    rev_r = revid.make(None, False, body)
+    coll.insert_revisions([IncomingRevision("d", rev_r, [], False, body, True)])
+    base = coll.get_versions("d")
+    assert base is not None and base.hlv is not None
+    body2 = b'{"n":2}'
+    rev_r2 = revid.make(rev_r, False, body2)
+    [r] = coll.insert_revisions(
+        [IncomingRevision("d", rev_r2, [rev_r], False, body2, True, from_vv_peer=True)]
+    )
+    assert r.status == 201
+    state = coll.get_versions("d")
+    assert state is not None and state.hlv is not None
+    assert state.hlv.cv == vv.legacy_version(rev_r2) and state.hlv.pv == (base.hlv.cv,)
+    assert coll.check_proposed_version("d", Version.parse(ver(PHONE, 1)), rev_r2) == (0, None)
+    [r] = coll.insert_versioned([pushed("d", ver(PHONE, 1), rev_r2)])
+    assert r.status == 201

@@ -661,6 +661,11 @@ def decide_incoming(current: DocVersions | None, incoming: VersionWithLegacy) ->
     if current is None:
         return Order.NEWER
     order = compare_with_legacy(incoming, current.with_legacy())
+    hlv = current.hlv
+    if order is Order.CONFLICT and hlv is not None and legacy_matches(current.rev_id, hlv.cv):
+        # The current revision is a legacy revision a 4.x phone pushed (named by its RTE
+        # version): that phone still holds it as a legacy revision, so compare it that way too.
+        order = compare_with_legacy(incoming, VersionWithLegacy(None, (current.rev_id,)))
     vector = incoming.vector
     if (
         order is Order.CONFLICT
