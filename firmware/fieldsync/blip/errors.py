@@ -2,11 +2,27 @@
 
 from __future__ import annotations
 
-__all__ = ["BLIPConnectionClosed", "BLIPError", "BLIPProtocolError"]
+__all__ = ["BLIPConnectionClosed", "BLIPError", "BLIPLimitExceeded", "BLIPProtocolError"]
 
 
 class BLIPProtocolError(Exception):
-    """The peer sent bytes that violate the BLIP protocol; the connection must be closed."""
+    """The peer sent bytes that violate the BLIP protocol; the connection must be closed.
+
+    ``close_code`` is the WebSocket close code to close with (1002, protocol error).
+    """
+
+    close_code = 1002
+
+
+class BLIPLimitExceeded(BLIPProtocolError):
+    """The peer went over one of the connection's :class:`~fieldsync.blip.limits.BLIPLimits`.
+
+    Closes with 1009 (message too big) or 1008 (policy violation).
+    """
+
+    def __init__(self, message: str, close_code: int) -> None:
+        super().__init__(message)
+        self.close_code = close_code
 
 
 class BLIPError(Exception):

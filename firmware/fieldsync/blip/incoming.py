@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from .compression import Inflater
-from .errors import BLIPProtocolError
+from .errors import BLIPLimitExceeded, BLIPProtocolError
 from .frame import CHECKSUM_SIZE, COMPRESSED, MORE_COMING, MessageType
+from .limits import CLOSE_MESSAGE_TOO_BIG
 from .message import Message
 from .properties import MAX_PROPERTIES_SIZE, decode_properties
 from .varint import decode_uvarint
@@ -35,6 +36,7 @@ class MessageAssembler:
         "flags",
         "number",
         "raw_bytes_received",
+        "size",
         "type",
         "unacked_bytes",
     )
@@ -45,6 +47,8 @@ class MessageAssembler:
         self.flags = flags & ~MORE_COMING
         self.raw_bytes_received = 0
         self.unacked_bytes = 0
+        #: Uncompressed bytes received so far (properties length, properties and body).
+        self.size = 0
         self._length_bytes: bytearray | None = bytearray()  # None once the length is known
         self._properties_size = 0
         self._properties = bytearray()
@@ -54,10 +58,14 @@ class MessageAssembler:
     def _label(self) -> str:
         return f"{self.type.name} #{self.number}"
 
-    def add_frame(self, payload: memoryview, flags: int, codec: Inflater) -> bool:
+    def add_frame(
+        self, payload: memoryview, flags: int, codec: Inflater, limit: int | None = None
+    ) -> bool:
         """Add one frame's payload (everything after the header); return True if it was the last.
 
-        Verifies the frame's checksum against ``codec``'s running CRC32.
+        Verifies the frame's checksum against ``codec``'s running CRC32. ``limit`` bounds
+        :attr:`size`: it is checked on each inflated chunk, so a deflate bomb is refused
+        (:class:`BLIPLimitExceeded`) after at most ``limit`` bytes of output, never inflated whole.
         """
         self.raw_bytes_received += len(payload)
         self.unacked_bytes += len(payload)
@@ -67,13 +75,12 @@ class MessageAssembler:
             )
         data = payload[:-CHECKSUM_SIZE]
         if flags & COMPRESSED:
-            pieces: list[Buffer] = list(codec.inflate(data))
+            for piece in codec.inflate(data):
+                self._add(memoryview(piece), limit)
         else:
             codec.add_uncompressed(data)
-            pieces = [data]
+            self._add(data, limit)
         codec.verify(payload[-CHECKSUM_SIZE:])
-        for piece in pieces:
-            self._consume(memoryview(piece))
         if self._length_bytes is not None:
             raise BLIPProtocolError(
                 f"first frame of {self._label} is too short to hold the properties length"
@@ -83,6 +90,15 @@ class MessageAssembler:
         if len(self._properties) < self._properties_size:
             raise BLIPProtocolError(f"{self._label} ends before the end of its properties")
         return True
+
+    def _add(self, data: memoryview, limit: int | None) -> None:
+        self.size += len(data)
+        if limit is not None and self.size > limit:
+            raise BLIPLimitExceeded(
+                f"{self._label} is larger than the {limit}-byte limit for incoming messages",
+                CLOSE_MESSAGE_TOO_BIG,
+            )
+        self._consume(data)
 
     def _consume(self, data: memoryview) -> None:
         if self._length_bytes is not None:

@@ -93,6 +93,11 @@ class OutgoingMessage:
         return bool(self._segments)
 
     @property
+    def bytes_unsent(self) -> int:
+        """Bytes of data not yet cut into frames."""
+        return sum(len(seg) for seg in self._segments)
+
+    @property
     def needs_ack(self) -> bool:
         """Too many bytes are unacknowledged: wait for an ACK before sending more."""
         return self.unacked_bytes >= MAX_UNACKED_BYTES

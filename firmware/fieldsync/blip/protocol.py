@@ -12,7 +12,7 @@ import logging
 from collections.abc import Iterable, Mapping
 
 from .compression import Deflater, Inflater
-from .errors import BLIPProtocolError
+from .errors import BLIPLimitExceeded, BLIPProtocolError
 from .events import Event, RequestReceived, ResponseReceived
 from .frame import (
     BIG_FRAME_SIZE,
@@ -24,6 +24,7 @@ from .frame import (
     decode_header,
 )
 from .incoming import ACK_INTERVAL, MessageAssembler
+from .limits import CLOSE_POLICY_VIOLATION, DEFAULT_LIMITS, BLIPLimits
 from .outbox import Outbox
 from .outgoing import OutgoingMessage
 from .properties import encode_properties
@@ -41,10 +42,13 @@ class BLIPProtocol:
     """State of one BLIP connection: numbering, multiplexing, compression, CRCs, flow control.
 
     Any :class:`BLIPProtocolError` raised by :meth:`receive_frame` is fatal: the connection must
-    be closed (WebSocket code 1002), and later calls to :meth:`receive_frame` raise it again.
+    be closed (WebSocket code ``exc.close_code``: 1002, or 1008/1009 for a broken
+    :class:`~fieldsync.blip.limits.BLIPLimits` bound), and later calls to :meth:`receive_frame`
+    raise it again.
     """
 
-    def __init__(self, *, compression_level: int = 6) -> None:
+    def __init__(self, *, compression_level: int = 6, limits: BLIPLimits | None = None) -> None:
+        self.limits = limits if limits is not None else DEFAULT_LIMITS
         self._deflater = Deflater(compression_level)
         self._inflater = Inflater()
         self._outbox = Outbox()
@@ -57,7 +61,11 @@ class BLIPProtocol:
         self._awaiting_replies: dict[int, MessageAssembler | None] = {}
         # Peer requests delivered and not yet answered: number -> urgent flag of the request.
         self._unanswered: dict[int, bool] = {}
-        self._failure: BLIPProtocolError | None = None
+        self._failure: str | None = None  # a message only: an exception would hold a frame cycle
+        # Uncompressed bytes held by incoming messages still being received.
+        self._incoming_bytes = 0
+        #: ACK frames received (a peer that stops ACKing leaves this unchanged).
+        self.acks_received = 0
         self.bytes_received = 0
         self.bytes_sent = 0
 
@@ -149,6 +157,39 @@ class BLIPProtocol:
         """True if any message is unsent, including ones paused waiting for an ACK."""
         return bool(self._outbox) or bool(self._icebox)
 
+    @property
+    def waiting_for_ack(self) -> bool:
+        """True if some message is paused until the peer acknowledges what it received."""
+        return bool(self._icebox)
+
+    @property
+    def pending_reply_bytes(self) -> int:
+        """Unsent bytes of our replies to the peer's requests (queued or paused for an ACK)."""
+        total = 0
+        for msg in self._outbox:
+            if msg.is_response:
+                total += msg.bytes_unsent
+        for msg in self._icebox.values():
+            if msg.is_response:
+                total += msg.bytes_unsent
+        return total
+
+    @property
+    def unanswered_count(self) -> int:
+        """Peer requests delivered and not answered yet."""
+        return len(self._unanswered)
+
+    def release(self) -> None:
+        """Drop every buffered message, in and out (the connection is gone)."""
+        self._outbox = Outbox()
+        self._icebox.clear()
+        self._incoming_requests.clear()
+        self._awaiting_replies.clear()
+        self._unanswered.clear()
+        self._incoming_bytes = 0
+        if self._failure is None:
+            self._failure = "connection released"
+
     def next_frame(self) -> bytes | None:
         """Return the next frame to send, or None if nothing can be sent now.
 
@@ -192,7 +233,7 @@ class BLIPProtocol:
         try:
             return self._receive(memoryview(data).cast("B"))
         except BLIPProtocolError as exc:
-            self._failure = exc
+            self._failure = str(exc)
             raise
 
     def _receive(self, frame: memoryview) -> list[Event]:
@@ -207,13 +248,21 @@ class BLIPProtocol:
             assembler = self._request_assembler(header.number, header.flags)
         else:
             assembler = self._reply_assembler(header.number, msg_type, header.flags)
-        complete = assembler.add_frame(payload, header.flags, self._inflater)
+        before = assembler.size
+        # Every message in progress shares one budget, so many partial messages cannot
+        # multiply the single-message limit.
+        limit = self.limits.max_message_size - (self._incoming_bytes - before)
+        try:
+            complete = assembler.add_frame(payload, header.flags, self._inflater, limit)
+        finally:
+            self._incoming_bytes += assembler.size - before
         if assembler.unacked_bytes >= ACK_INTERVAL:
             received = assembler.raw_bytes_received
             self._outbox.push(OutgoingMessage.ack(assembler.type, assembler.number, received))
             assembler.unacked_bytes = 0
         if not complete:
             return []
+        self._incoming_bytes -= assembler.size
         message = assembler.finish()
         if msg_type == MessageType.MSG:
             self._incoming_requests.pop(header.number, None)
@@ -230,6 +279,11 @@ class BLIPProtocol:
         if number != self._requests_received + 1:
             state = "already finished" if number <= self._requests_received else "too high"
             raise BLIPProtocolError(f"bad incoming request #{number} ({state})")
+        if len(self._incoming_requests) >= self.limits.max_open_requests:
+            raise BLIPLimitExceeded(
+                f"more than {self.limits.max_open_requests} incoming requests in progress",
+                CLOSE_POLICY_VIOLATION,
+            )
         self._requests_received = number
         assembler = MessageAssembler(MessageType.MSG, number, flags)
         self._incoming_requests[number] = assembler
@@ -247,6 +301,7 @@ class BLIPProtocol:
 
     def _receive_ack(self, number: int, on_reply: bool, payload: memoryview) -> None:
         byte_count, _ = decode_uvarint(payload, 0, what="ACK byte count")
+        self.acks_received += 1
         key = (number, on_reply)
         msg = self._icebox.get(key)
         if msg is not None:

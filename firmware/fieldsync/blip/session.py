@@ -14,6 +14,7 @@ import contextlib
 import inspect
 import json
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
@@ -21,6 +22,7 @@ from websockets.exceptions import ConnectionClosed
 
 from .errors import BLIPConnectionClosed, BLIPError, BLIPProtocolError
 from .events import RequestReceived, ResponseReceived
+from .limits import CLOSE_POLICY_VIOLATION, BLIPLimits
 from .message import Message
 from .protocol import BLIPProtocol
 
@@ -191,14 +193,28 @@ class IncomingResponse:
 Handler = Callable[[IncomingRequest], Awaitable[None] | None]
 
 
+def _current_task() -> asyncio.Task[Any] | None:
+    try:
+        return asyncio.current_task()
+    except RuntimeError:
+        return None
+
+
 def _not_found(request: IncomingRequest) -> None:
     request.respond_error("BLIP", 404, "no handler for profile")
 
 
 class BLIPSession:
-    """One BLIP connection over a WebSocket: requests out, handlers for requests in."""
+    """One BLIP connection over a WebSocket: requests out, handlers for requests in.
 
-    def __init__(self, websocket: WebSocketLike, *, name: str = "") -> None:
+    ``limits`` bounds what the peer can make this session hold (see
+    :class:`~fieldsync.blip.limits.BLIPLimits`); once closed, the session drops its handlers,
+    queued messages and buffers at once, so nothing waits for the cyclic garbage collector.
+    """
+
+    def __init__(
+        self, websocket: WebSocketLike, *, name: str = "", limits: BLIPLimits | None = None
+    ) -> None:
         self.name = name
         self.closed = False
         self.close_code: int | None = None
@@ -206,7 +222,11 @@ class BLIPSession:
         #: Called with the session once it has closed.
         self.on_close: list[Callable[[BLIPSession], object]] = []
         self._ws = websocket
-        self._protocol = BLIPProtocol()
+        self._protocol = BLIPProtocol(limits=limits)
+        self._limits = self._protocol.limits
+        # Peer requests received, waiting for room in the reply budget before their handler runs.
+        self._queued: deque[Message] = deque()
+        self._refusals_logged = False
         self._handlers: dict[str, Handler] = {}
         self._fallback: Handler = _not_found
         self._pending: dict[int, asyncio.Future[IncomingResponse]] = {}
@@ -320,8 +340,9 @@ class BLIPSession:
                     events = self._protocol.receive_frame(data)
                 except BLIPProtocolError as exc:
                     log.error("%s: BLIP protocol error: %s", self.name, exc)
-                    await self._abort(_PROTOCOL_ERROR, str(exc))
+                    await self._abort(exc.close_code, str(exc))
                     return
+                del data
                 for event in events:
                     if isinstance(event, RequestReceived):
                         self._dispatch_request(event.message)
@@ -329,18 +350,55 @@ class BLIPSession:
                         self._dispatch_response(event.request_number, event.message)
                 if self._protocol.has_frames_to_send:  # ACKs, or messages resumed by an ACK
                     self._wake()
+                if events:
+                    # Let the handlers just started build their replies before the next frame
+                    # is read, so the reply budget sees them (recv() need not yield).
+                    await asyncio.sleep(0)
         finally:
             if not self.closed:
                 self._finish(*self._closed_status(None))
 
     def _dispatch_request(self, message: Message) -> None:
-        request = IncomingRequest(self, message)
-        handler = self._handlers.get(request.profile, self._fallback)
-        task = asyncio.create_task(
-            self._run_handler(handler, request), name=f"blip-{request.profile}-{request.number}"
-        )
-        self._handler_tasks.add(task)
-        task.add_done_callback(self._handler_tasks.discard)
+        limits = self._limits
+        open_requests = len(self._queued) + len(self._handler_tasks)
+        if max(open_requests, self._protocol.unanswered_count) > limits.max_open_requests:
+            if not self._refusals_logged:
+                self._refusals_logged = True
+                log.warning(
+                    "%s: more than %d requests open; refusing more with 503",
+                    self.name,
+                    limits.max_open_requests,
+                )
+            if not message.no_reply:
+                self._protocol.send_error(
+                    message.number, "HTTP", 503, "too many requests in progress; retry later"
+                )
+                self._wake()
+            return
+        self._queued.append(message)
+        self._start_handlers()
+
+    def _start_handlers(self) -> None:
+        """Run queued requests' handlers while our unsent replies fit the reply budget."""
+        queued = self._queued
+        budget = self._limits.max_pending_replies
+        while queued and not self.closed:
+            if self._protocol.pending_reply_bytes > budget:
+                return  # resumed when replies have gone out or a handler finishes
+            message = queued.popleft()
+            request = IncomingRequest(self, message)
+            handler = self._handlers.get(request.profile, self._fallback)
+            task = asyncio.create_task(
+                self._run_handler(handler, request),
+                name=f"blip-{request.profile}-{request.number}",
+            )
+            self._handler_tasks.add(task)
+            task.add_done_callback(self._handler_done)
+
+    def _handler_done(self, task: asyncio.Task[None]) -> None:
+        self._handler_tasks.discard(task)
+        if self._queued:
+            self._start_handlers()
 
     async def _run_handler(self, handler: Handler, request: IncomingRequest) -> None:
         try:
@@ -374,20 +432,48 @@ class BLIPSession:
 
     async def _write_loop(self) -> None:
         protocol = self._protocol
+        limits = self._limits
         try:
             while True:
                 frame = protocol.next_frame()
                 if frame is None:
+                    if self._queued:
+                        self._start_handlers()
                     if not protocol.has_pending_output:
                         self._drained.set()
                     self._wakeup.clear()
-                    await self._wakeup.wait()
+                    if not protocol.waiting_for_ack:
+                        await self._wakeup.wait()
+                        continue
+                    acks = protocol.acks_received
+                    try:
+                        async with asyncio.timeout(limits.ack_timeout):
+                            await self._wakeup.wait()
+                        continue
+                    except TimeoutError:
+                        pass
+                    if protocol.acks_received == acks and protocol.waiting_for_ack:
+                        self._kill(
+                            CLOSE_POLICY_VIOLATION,
+                            f"no ACK from the peer for {limits.ack_timeout:g} s",
+                        )
+                        return
                     continue
                 self._sending = True
                 try:
-                    await self._ws.send(frame)
+                    async with asyncio.timeout(limits.send_timeout):
+                        await self._ws.send(frame)
+                except TimeoutError:
+                    self._kill(
+                        CLOSE_POLICY_VIOLATION,
+                        f"peer not reading: a frame waited {limits.send_timeout:g} s to be sent",
+                    )
+                    return
                 finally:
                     self._sending = False
+                del frame
+                if self._queued:
+                    self._start_handlers()
         except asyncio.CancelledError:
             raise
         except ConnectionClosed:
@@ -428,6 +514,20 @@ class BLIPSession:
         with contextlib.suppress(Exception):
             await self._ws.close(code, reason)
 
+    def _kill(self, code: int, reason: str) -> None:
+        """Close at once, without a closing handshake: the peer is stuck, and a close frame
+        would wait behind the full write buffer (as websockets' keepalive ping does)."""
+        if self.closed:
+            return
+        log.warning("%s: closing: %s", self.name, reason)
+        self._local_close = (code, reason)
+        transport = getattr(self._ws, "transport", None)
+        self._finish(code, reason)
+        if transport is not None:
+            transport.abort()
+        else:  # pragma: no cover - every websockets connection has a transport
+            asyncio.get_running_loop().create_task(self._ws.close(code, reason))
+
     def _connection_lost(self, exc: BaseException) -> None:
         if not isinstance(exc, ConnectionClosed):
             log.warning("%s: WebSocket receive failed: %r", self.name, exc)
@@ -454,15 +554,24 @@ class BLIPSession:
         for future in pending.values():
             if not future.done():
                 future.set_exception(BLIPConnectionClosed(code, reason))
-        if self._writer_task is not None:
-            self._writer_task.cancel()
+        writer, self._writer_task = self._writer_task, None  # its traceback would hold us
+        if writer is not None and writer is not _current_task():
+            writer.cancel()
         self._drained.set()
         self._closed_event.set()
-        for callback in list(self.on_close):
+        callbacks, self.on_close = self.on_close, []
+        for callback in callbacks:
             try:
                 callback(self)
             except Exception:
                 log.exception("%s: on_close callback failed", self.name)
+        # Release at once what the connection held: buffered messages, and the handlers (bound
+        # methods of the replicator, which holds this session: without this the pair and
+        # everything they hold would live until the cyclic garbage collector runs).
+        self._queued.clear()
+        self._handlers.clear()
+        self._fallback = _not_found
+        self._protocol.release()
 
     def __repr__(self) -> str:
         state = f"closed {self.close_code}" if self.closed else "open"

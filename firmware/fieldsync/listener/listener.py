@@ -21,6 +21,7 @@ from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
 from fieldsync.blip import BLIPSession
+from fieldsync.blip.limits import MAX_WEBSOCKET_MESSAGE
 from fieldsync.listener import handshake
 from fieldsync.listener.config import (
     URLEndpointListenerConfiguration,
@@ -158,7 +159,7 @@ class URLEndpointListener:
                 select_subprotocol=self._select_subprotocol,
                 process_request=self._process_request,
                 compression=None,
-                max_size=None,
+                max_size=MAX_WEBSOCKET_MESSAGE,  # one BLIP frame; bigger closes with 1009
                 ping_interval=60,
                 ping_timeout=60,
                 close_timeout=2,

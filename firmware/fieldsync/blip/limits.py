@@ -1,0 +1,69 @@
+"""Resource limits of one BLIP connection: what a hostile or stuck peer may make us hold.
+
+One home for every per-connection bound: the listener and the active replicator pass a
+:class:`BLIPLimits` (or take :data:`DEFAULT_LIMITS`) to :class:`~fieldsync.blip.BLIPSession`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = [
+    "CLOSE_MESSAGE_TOO_BIG",
+    "CLOSE_POLICY_VIOLATION",
+    "DEFAULT_LIMITS",
+    "MAX_WEBSOCKET_MESSAGE",
+    "BLIPLimits",
+]
+
+#: Largest WebSocket message (= one BLIP frame) accepted. LiteCore never sends frames larger
+#: than 16 KiB (header included); twice that leaves room for other senders' headers.
+MAX_WEBSOCKET_MESSAGE = 32 * 1024
+
+#: WebSocket close code for a message over a size limit (RFC 6455 "message too big").
+CLOSE_MESSAGE_TOO_BIG = 1009
+#: WebSocket close code for a peer breaking one of our limits (RFC 6455 "policy violation").
+CLOSE_POLICY_VIOLATION = 1008
+
+
+@dataclass(frozen=True, slots=True)
+class BLIPLimits:
+    """Bounds on what one connection's peer can make us hold or wait for.
+
+    ``max_message_size``: uncompressed bytes (properties + body) of one incoming message, and
+    of every incoming message still being received together. Generous enough for a 50 MB
+    document; a message above it closes the connection (WebSocket 1009), checked while
+    inflating, so a deflate bomb stops at the limit.
+
+    ``max_open_requests``: peer requests received and not yet answered (queued or being
+    handled). LiteCore keeps about 20 open; above the limit a request gets HTTP/503 at once,
+    and more than this many partially received requests close the connection (1008).
+
+    ``max_pending_replies``: bytes of our replies waiting to go out. While above it, new peer
+    requests wait before their handlers run (replies are built only when there is room), so a
+    peer that does not read or ACK cannot make us queue unbounded replies.
+
+    ``send_timeout``: seconds one frame may wait for the socket's write buffer (a peer that
+    stopped reading); ``ack_timeout``: seconds a message may wait for the peer's ACK with no
+    ACK arriving. Either closes the connection at once, without a closing handshake.
+    """
+
+    max_message_size: int = 64 * 1024 * 1024
+    max_open_requests: int = 100
+    max_pending_replies: int = 4 * 1024 * 1024
+    send_timeout: float = 60.0
+    ack_timeout: float = 120.0
+
+    def __post_init__(self) -> None:
+        if self.max_message_size < 1024:
+            raise ValueError("max_message_size must be at least 1024 bytes")
+        if self.max_open_requests < 1:
+            raise ValueError("max_open_requests must be at least 1")
+        if self.max_pending_replies < 0:
+            raise ValueError("max_pending_replies must not be negative")
+        if self.send_timeout <= 0 or self.ack_timeout <= 0:
+            raise ValueError("send_timeout and ack_timeout must be positive")
+
+
+#: The limits a session uses when none are given.
+DEFAULT_LIMITS = BLIPLimits()
