@@ -20,6 +20,8 @@ Writes all rounds, the medians and the ratios (fieldsync / LiteCore) to ``--out`
 (default bench/results/interop-<UTC time>.json) and prints a table. Skips the LiteCore reference
 with a message when ``cblpassive`` is not built; without ``cblpeer`` it falls back to the ctypes
 harness as the client (fieldsync only); without ``FIELDSYNC_LITECORE_LIB`` it skips (exit 0).
+The fieldsync measured is the one this Python imports (``PYTHONPATH=<checkout>/firmware`` picks
+another checkout); its folder and git commit are recorded.
 """
 
 from __future__ import annotations
@@ -378,6 +380,26 @@ def _median(rounds: list[dict[str, Any]]) -> dict[str, float]:
     return {key: round(statistics.median(r[key] for r in good), 1) for key in good[0]}
 
 
+def _git_head(where: Path) -> str:
+    """The commit of the fieldsync code measured (``+dirty`` with local changes), or "?"."""
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(where), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(where), "status", "--porcelain", "--", "."],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "?"
+    return head + ("+dirty" if dirty else "")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--docs", type=int, default=10_000)
@@ -488,6 +510,8 @@ def main() -> int:
         },
         "notes": notes,
         "fieldsync_version": getattr(fieldsync, "__version__", "?"),
+        "fieldsync_source": str(Path(fieldsync.__file__).parent),
+        "git_head": _git_head(Path(fieldsync.__file__).parent),
         "litecore_version": lc.version,
         "cpu_count": os.cpu_count(),
         "load_average_at_end": os.getloadavg(),
