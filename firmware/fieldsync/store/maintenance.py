@@ -112,7 +112,8 @@ class Progress(Protocol):
 
 @dataclass
 class MaintenancePolicy:
-    """The knobs of COMPACT (seconds). ``clock`` gives wall-clock time (tests inject one)."""
+    """The knobs of COMPACT (seconds). ``clock`` gives the time tombstone ages and expirations
+    are judged by (tests inject one); blob ages are file mtimes, judged by the real clock."""
 
     tombstone_purge_interval: float = DEFAULT_TOMBSTONE_PURGE_INTERVAL
     peer_retention: float = DEFAULT_PEER_RETENTION
@@ -275,8 +276,9 @@ def _compact(
     result.tombstones_purged, result.tombstones_held = purge_old_tombstones(
         engine, now, policy.tombstone_purge_interval, policy.peer_retention, progress
     )
+    # Blob ages are file mtimes: always measured against the real clock.
     result.blobs_removed, result.blob_bytes_removed = collect_blobs(
-        engine, database.blobs, now - policy.blob_grace, progress
+        engine, database.blobs, time.time() - policy.blob_grace, progress
     )
     if policy.vacuum:
         result.vacuum = reclaim_space(engine, database.path)
