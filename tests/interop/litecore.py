@@ -1309,6 +1309,15 @@ def pulled_doc_ids(ended: Iterable[DocumentEnded]) -> set[str]:
 # -- the command-line tools (cblpeer / cblpassive) as subprocesses ---------------------------------
 
 _LISTENING = re.compile(r"^listening on (ws://\S+?):(\d+)/(\S+)\s*$")
+_SETPRIV = "/usr/bin/setpriv"
+
+
+def _tied_to_us(argv: list[str]) -> list[str]:
+    """``argv`` run so that it gets SIGTERM if this process dies first (a crashed forked test
+    must not leave a cblpassive behind); ``setpriv --pdeathsig`` from util-linux, if present."""
+    if os.access(_SETPRIV, os.X_OK):
+        return [_SETPRIV, "--pdeathsig", "TERM", "--", *argv]
+    return argv
 
 
 @dataclass(frozen=True)
@@ -1352,7 +1361,7 @@ class CblPassive:
         self.db_dir = db_dir
         self.name = name
         self.process = subprocess.Popen(
-            argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1
+            _tied_to_us(argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1
         )
         self._lines: list[str] = []
         self._stderr: list[str] = []
@@ -1496,7 +1505,9 @@ class CblTools:
         argv += [*options, command, *args]
         if taskset is not None:
             argv = ["taskset", "-c", taskset, *argv]
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+        done = subprocess.run(
+            _tied_to_us(argv), capture_output=True, text=True, timeout=timeout, check=False
+        )
         return ToolRun(argv, done.returncode, done.stdout, done.stderr)
 
     def passive(
