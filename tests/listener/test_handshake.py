@@ -16,16 +16,26 @@ def test_accepts_cbmobile2_alone() -> None:
     )
 
 
-def test_prefers_cbmobile3_when_4_is_offered_too() -> None:
+def test_client_order_decides_like_sync_gateway() -> None:
+    # A LiteCore 4.1 rev-tree push-only replicator offers 4,3 and gets 4 from Sync Gateway.
     decision = decide("/fieldsync/_blipsync", ["BLIP_3+CBMobile_4,BLIP_3+CBMobile_3"], DBS)
+    assert decision == Acceptance("fieldsync", "BLIP_3+CBMobile_4")
+    decision = decide("/fieldsync/_blipsync", ["BLIP_3+CBMobile_3, BLIP_3+CBMobile_4"], DBS)
     assert decision == Acceptance("fieldsync", "BLIP_3+CBMobile_3")
 
 
-def test_refuses_cbmobile4_only_clearly() -> None:
+def test_cbmobile4_only_is_accepted() -> None:
+    """A Couchbase Lite 4.x phone on a default (version-vector) database offers only this."""
     decision = decide("/fieldsync/_blipsync", ["BLIP_3+CBMobile_4"], DBS)
-    assert isinstance(decision, Refusal)
-    assert decision.status == 406
-    assert "version vectors" in decision.message
+    assert decision == Acceptance("fieldsync", "BLIP_3+CBMobile_4")
+
+
+def test_unknown_protocols_are_skipped_then_refused_clearly() -> None:
+    decision = decide("/fieldsync/_blipsync", ["BLIP_3+CBMobile_5, BLIP_3+CBMobile_4"], DBS)
+    assert decision == Acceptance("fieldsync", "BLIP_3+CBMobile_4")
+    refused = decide("/fieldsync/_blipsync", ["BLIP_3+CBMobile_5", "chat"], DBS)
+    assert isinstance(refused, Refusal) and refused.status == 406
+    assert "BLIP_3+CBMobile_4" in refused.message and "BLIP_3+CBMobile_5" in refused.message
 
 
 def test_unknown_database_and_bad_paths_are_404() -> None:

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
-from fieldsync.replication.messages import SUBPROTOCOL_V4, SUPPORTED_SUBPROTOCOLS
+from fieldsync.replication.messages import LISTENER_SUBPROTOCOLS
 
 BLIPSYNC = "_blipsync"
 
@@ -46,27 +46,21 @@ def offered_subprotocols(header_values: list[str]) -> list[str]:
 
 
 def choose_subprotocol(offered: list[str]) -> str | Refusal:
-    """The first protocol we speak, in our order of preference, or a clear refusal."""
-    for candidate in SUPPORTED_SUBPROTOCOLS:
-        if candidate in offered:
+    """The first protocol the client offers that we speak (the client's order decides, as in
+    Sync Gateway), or a clear refusal. The choice sets the session's wire format."""
+    for candidate in offered:
+        if candidate in LISTENER_SUBPROTOCOLS:
             return candidate
     if not offered:
         return Refusal(
             400,
             "no Sec-WebSocket-Protocol offered: fieldsync speaks "
-            + ", ".join(SUPPORTED_SUBPROTOCOLS),
-        )
-    if SUBPROTOCOL_V4 in offered:
-        return Refusal(
-            406,
-            "this peer speaks BLIP_3+CBMobile_3 (revision trees); the client offered only "
-            f"{', '.join(offered)} — version vectors (Couchbase Lite 4 default databases) "
-            "are not supported yet",
+            + ", ".join(LISTENER_SUBPROTOCOLS),
         )
     return Refusal(
         406,
         f"unsupported replication protocol {', '.join(offered)}: fieldsync speaks "
-        + ", ".join(SUPPORTED_SUBPROTOCOLS),
+        + ", ".join(LISTENER_SUBPROTOCOLS),
     )
 
 

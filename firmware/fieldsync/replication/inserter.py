@@ -9,12 +9,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 from fieldsync.replication.messages import INSERTION_BATCH_SIZE, INSERTION_DELAY
 from fieldsync.replication.ports import ReplicatedCollection
 from fieldsync.store import IncomingRevision, InsertResult
+from fieldsync.store.models import IncomingVersioned
 
 log = logging.getLogger(__name__)
+
+
+R = TypeVar("R", IncomingRevision, IncomingVersioned)
+_Batch = tuple[ReplicatedCollection, list[tuple[R, asyncio.Future[InsertResult]]]]
+
+#: What the inserter takes: a rev-tree revision, or (CBMobile_4) a revision named by a version.
+Incoming = IncomingRevision | IncomingVersioned
 
 
 class Inserter:
@@ -26,12 +36,12 @@ class Inserter:
         self._batch_size = batch_size
         self._delay = delay
         self._pending: list[
-            tuple[ReplicatedCollection, IncomingRevision, asyncio.Future[InsertResult]]
+            tuple[ReplicatedCollection, Incoming, asyncio.Future[InsertResult]]
         ] = []
         self._timer: asyncio.TimerHandle | None = None
 
     def insert(
-        self, collection: ReplicatedCollection, revision: IncomingRevision
+        self, collection: ReplicatedCollection, revision: Incoming
     ) -> asyncio.Future[InsertResult]:
         """Queue a revision; the future resolves after its batch commits."""
         loop = asyncio.get_running_loop()
@@ -44,36 +54,45 @@ class Inserter:
         return future
 
     def flush(self) -> None:
-        """Commit everything queued, one transaction per collection."""
+        """Commit everything queued, one transaction per collection and kind of revision."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         pending, self._pending = self._pending, []
-        by_collection: dict[
-            int,
-            tuple[
-                ReplicatedCollection, list[tuple[IncomingRevision, asyncio.Future[InsertResult]]]
-            ],
-        ] = {}
+        trees: dict[int, _Batch[IncomingRevision]] = {}
+        vectors: dict[int, _Batch[IncomingVersioned]] = {}
         for collection, revision, future in pending:
-            by_collection.setdefault(id(collection), (collection, []))[1].append((revision, future))
-        for collection, items in by_collection.values():
-            try:
-                results = collection.insert_revisions([rev for rev, _ in items])
-            except Exception as exc:  # a failed transaction fails every revision in it
-                log.error(
-                    "inserting %d revisions into %s failed: %s",
-                    len(items),
-                    collection.full_name,
-                    exc,
-                )
-                for _, future in items:
-                    if not future.done():
-                        future.set_exception(exc)
-                continue
-            for (_, future), result in zip(items, results, strict=True):
+            if isinstance(revision, IncomingVersioned):
+                vectors.setdefault(id(collection), (collection, []))[1].append((revision, future))
+            else:
+                trees.setdefault(id(collection), (collection, []))[1].append((revision, future))
+        for collection, tree_items in trees.values():
+            self._commit(collection, tree_items, collection.insert_revisions)
+        for collection, vector_items in vectors.values():
+            self._commit(collection, vector_items, collection.insert_versioned)
+
+    @staticmethod
+    def _commit(
+        collection: ReplicatedCollection,
+        items: list[tuple[R, asyncio.Future[InsertResult]]],
+        insert: Callable[[Sequence[R]], list[InsertResult]],
+    ) -> None:
+        try:
+            results = insert([rev for rev, _ in items])
+        except Exception as exc:  # a failed transaction fails every revision in it
+            log.error(
+                "inserting %d revisions into %s failed: %s",
+                len(items),
+                collection.full_name,
+                exc,
+            )
+            for _, future in items:
                 if not future.done():
-                    future.set_result(result)
+                    future.set_exception(exc)
+            return
+        for (_, future), result in zip(items, results, strict=True):
+            if not future.done():
+                future.set_result(result)
 
     def close(self) -> None:
         """Commit what is queued (revisions already received stay durable)."""

@@ -10,10 +10,16 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-#: WebSocket subprotocols, most preferred first. CBMobile_2 is the 2.x name of the same protocol.
+#: WebSocket subprotocols. CBMobile_2 is the 2.x name of CBMobile_3 (rev trees); CBMobile_4 is
+#: the version-vector protocol of Couchbase Lite 4.x (VV-NOTES.md).
+SUBPROTOCOL_V4 = "BLIP_3+CBMobile_4"
 SUBPROTOCOL_V3 = "BLIP_3+CBMobile_3"
 SUBPROTOCOL_V2 = "BLIP_3+CBMobile_2"
-SUBPROTOCOL_V4 = "BLIP_3+CBMobile_4"
+#: What the listener speaks. It takes the first of these the *client* offers, as Sync Gateway
+#: does, so the order here is only for messages.
+LISTENER_SUBPROTOCOLS = (SUBPROTOCOL_V4, SUBPROTOCOL_V3, SUBPROTOCOL_V2)
+#: What the active replicator offers, most preferred first: rev trees only (Sync Gateway 4
+#: accepts CBMobile_3).
 SUPPORTED_SUBPROTOCOLS = (SUBPROTOCOL_V3, SUBPROTOCOL_V2)
 
 # Message profiles.

@@ -37,6 +37,8 @@ from fieldsync.replication.pusher import PushOptions
 from fieldsync.replication.routing import CollectionRouter
 from fieldsync.replication.session import ReplicationSession
 from fieldsync.replication.stats import ReplicationStats
+from fieldsync.replication.versioning import WireFormat, peer_source
+from fieldsync.store.versions import BadVersion
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +58,11 @@ class PassiveReplicator:
         read_only: bool = False,
         enable_delta_sync: bool = False,
         stats: ReplicationStats | None = None,
+        wire: WireFormat = WireFormat.REV_TREES,
     ) -> None:
-        """``collections`` maps ``scope.name`` to the store collections this peer may use."""
+        """``collections`` maps ``scope.name`` to the store collections this peer may use;
+        ``wire`` is the spelling the negotiated subprotocol chose
+        (``WireFormat.for_subprotocol``)."""
         self._read_only = read_only
         self._delta_sync = enable_delta_sync
         self.session = ReplicationSession(
@@ -67,6 +72,7 @@ class PassiveReplicator:
             router=CollectionRouter(collections.get("_default._default"), collections),
             stats=stats,
             accept_deltas=enable_delta_sync,
+            wire=wire,
         )
         self.stats = self.session.stats
         register = self.session.register
@@ -96,6 +102,8 @@ class PassiveReplicator:
     def _get_checkpoint(
         self, request: IncomingRequest, _target: Target, _index: int | None
     ) -> None:
+        if self.session.peer.value is None and request.properties.get("client"):
+            self.session.peer.value = f"cp:{request.properties['client']}"
         checkpoints.get_checkpoint(self.session.database, request)
 
     def _set_checkpoint(
@@ -123,6 +131,14 @@ class PassiveReplicator:
             request.respond_error("BLIP", 400, "Invalid getCollections message: bad entries")
             return
         try:
+            source = peer_source(request.properties.get("uuid"))
+        except BadVersion as exc:
+            request.respond_error("HTTP", 400, f"Invalid getCollections message: {exc}")
+            return
+        # The phone's key for its per-document lastLegacyRevID (VV-NOTES §7): its source ID
+        # (LiteCore 4.0.3+ sends its database UUID), else its first checkpoint ID.
+        self.session.peer.value = str(source) if source is not None else f"cp:{ids[0]}"
+        try:
             resolved = self.session.router.resolve_collections(names)
         except RoutingError as exc:
             request.respond_error("BLIP", exc.status, exc.message)
@@ -144,9 +160,9 @@ class PassiveReplicator:
         if target is None:  # the router gives every collection message a collection
             return
         properties = request.properties
-        versioning = properties.get("versioning")
-        if versioning and versioning != "rev-trees":
-            request.respond_error("LiteCore", 501, "Incompatible document versioning.")
+        mismatch = self.session.wire.versioning_mismatch(properties.get("versioning"))
+        if mismatch is not None:
+            request.respond_error("LiteCore", 501, mismatch)
             return
         if properties.get("filter"):
             request.respond_error("LiteCore", 19, "Filtering not supported")
@@ -174,7 +190,9 @@ class PassiveReplicator:
             delta_encoder=make_delta_encoder() if self._delta_sync else None,
         )
         request.respond()
-        pusher = self.session.add_pusher(target, index, options=push_options)
+        pusher = self.session.add_pusher(
+            target, index, options=push_options, mode=self.session.changes_mode(target)
+        )
         self.stats.pulling = True
         log.info(
             "%s: peer pulls %s%s since #%d",

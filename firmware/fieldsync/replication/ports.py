@@ -13,7 +13,14 @@ from typing import Protocol
 
 from fieldsync.replication.decisions import RevisionLookup
 from fieldsync.store.blobs import BlobWriter
-from fieldsync.store.models import Change, IncomingRevision, InsertResult, Revision
+from fieldsync.store.models import (
+    Change,
+    IncomingRevision,
+    IncomingVersioned,
+    InsertResult,
+    Revision,
+)
+from fieldsync.store.versions import HLV, Version
 
 
 class ReplicatedCollection(RevisionLookup, Protocol):
@@ -38,6 +45,28 @@ class ReplicatedCollection(RevisionLookup, Protocol):
     ) -> list[Change]: ...
 
     def insert_revisions(self, revs: Sequence[IncomingRevision]) -> list[InsertResult]: ...
+
+    # -- version vectors (CBMobile_4 sessions; store.versions / VV-NOTES) --------------------
+
+    def check_proposed_version(
+        self,
+        doc_id: str,
+        rev: Version | str,
+        parent: Version | str | None,
+        proposed: HLV | None = None,
+    ) -> tuple[int, str | None]: ...
+
+    def has_version(self, doc_id: str, version: Version | str) -> bool: ...
+
+    def get_revision_by_version(
+        self, doc_id: str, version: Version, *, with_body: bool = True
+    ) -> Revision | None: ...
+
+    def get_peer_legacy(self, doc_id: str, peer: str) -> str | None: ...
+
+    def set_peer_legacy(self, doc_id: str, peer: str, legacy_rev: str) -> None: ...
+
+    def insert_versioned(self, revs: Sequence[IncomingVersioned]) -> list[InsertResult]: ...
 
 
 class BlobAccess(Protocol):

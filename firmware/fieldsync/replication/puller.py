@@ -9,6 +9,7 @@ transaction (see ``Inserter``).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import json
 import logging
@@ -19,6 +20,7 @@ from typing import Any
 from fieldsync.blip import BLIPSession, IncomingRequest
 from fieldsync.replication import decisions
 from fieldsync.replication.deltas import (
+    DELTA_BASE_UNKNOWN,
     DELTA_ERROR_DOMAIN,
     DELTA_ERROR_STATUS,
     apply_received_delta,
@@ -30,13 +32,22 @@ from fieldsync.replication.messages import (
     GET_ATTACHMENT,
     encode_json,
     is_true,
-    parse_history,
+    trim_trailing,
     with_collection,
 )
 from fieldsync.replication.ports import ReplicatedCollection, ReplicatedDatabase
 from fieldsync.replication.stats import ReplicationStats
+from fieldsync.replication.versioning import (
+    PeerKey,
+    VersionedRevision,
+    WireFormat,
+    answer_version_changes,
+    parse_proposed_versions,
+    read_rev,
+)
 from fieldsync.store import IncomingRevision, InvalidInput, StoreError, find_blobs
-from fieldsync.store.revid import is_valid as is_valid_rev_id
+from fieldsync.store.models import IncomingVersioned
+from fieldsync.store.versions import BadVersion, Version
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +80,11 @@ class Puller:
         accept_deltas: bool = False,
         max_history: int = DEFAULT_MAX_HISTORY,
         hooks: PullerHooks | None = None,
+        wire: WireFormat = WireFormat.REV_TREES,
+        peer: PeerKey | None = None,
     ) -> None:
+        """``wire``: the session's revision spelling; ``peer``: the phone's key for the
+        per-phone legacy bookkeeping of CBMobile_4 sessions (``None`` when not known)."""
         hooks = hooks or PullerHooks()
         self._session = session
         self._database = database
@@ -82,9 +97,11 @@ class Puller:
         self._on_stored = hooks.stored
         self._announced_deltas = False
         self._blob_fetches: dict[str, asyncio.Future[None]] = {}
+        self._wire = wire
+        self._peer = peer or PeerKey()
 
     def _reply_properties(self) -> dict[str, str]:
-        properties = {"maxHistory": str(self._max_history), "blobs": "true"}
+        properties = self._wire.reply_properties(self._max_history)
         if self._accept_deltas and not self._announced_deltas:
             properties["deltas"] = "true"
             self._announced_deltas = True
@@ -95,6 +112,9 @@ class Puller:
     def handle_proposed_changes(
         self, request: IncomingRequest, collection: ReplicatedCollection
     ) -> None:
+        if self._wire.uses_versions:
+            self._handle_proposed_versions(request, collection)
+            return
         try:
             changes = decisions.parse_proposed_changes(request.json())
         except ValueError as exc:
@@ -115,6 +135,35 @@ class Puller:
         self._stats.pushing = True
         request.respond(self._reply_properties(), encode_json(answers), compressed=True)
 
+    def _handle_proposed_versions(
+        self, request: IncomingRequest, collection: ReplicatedCollection
+    ) -> None:
+        """CBMobile_4 ``proposeChanges``: versions (or legacy revIDs) checked against the
+        document's vector with Sync Gateway's rules (``store.versions.decide_proposed``)."""
+        try:
+            rows = parse_proposed_versions(request.json())
+        except ValueError as exc:  # BadVersion names the column and the document
+            request.respond_error("HTTP", 400, str(exc))
+            self._stats.record_error(f"bad proposeChanges: {exc}")
+            return
+        if not rows:
+            self._caught_up(request, None)
+            return
+        include_rev = is_true(request.properties.get("conflictIncludesRev"))
+        answers: list[object] = []
+        for row in rows:
+            status, current = collection.check_proposed_version(
+                row.doc_id, row.rev, row.parent, row.proposed
+            )
+            if status == 409 and include_rev and current:
+                answers.append({"status": 409, "rev": current})
+            else:
+                answers.append(status)
+        self._stats.pushing = True
+        request.respond(
+            self._reply_properties(), encode_json(trim_trailing(answers, 0)), compressed=True
+        )
+
     def handle_changes(
         self, request: IncomingRequest, collection: ReplicatedCollection, index: int | None
     ) -> list[decisions.AnnouncedChange]:
@@ -131,11 +180,16 @@ class Puller:
             log.warning("ignoring a pointless NoReply 'changes' list from %s", self._session.name)
             return []
         try:
-            answers, wanted = decisions.answer_changes(
-                collection, changes, require_bodies=self._accept_deltas
-            )
+            if self._wire.uses_versions:
+                answers, wanted = answer_version_changes(collection, changes)
+            else:
+                answers, wanted = decisions.answer_changes(
+                    collection, changes, require_bodies=self._accept_deltas
+                )
         except InvalidInput as exc:
-            request.respond_error("BLIP", 400, str(exc))
+            request.respond_error(
+                "BLIP" if not isinstance(exc, BadVersion) else "HTTP", 400, str(exc)
+            )
             return []
         wanted_changes = [changes[i] for i in wanted]
         if self._on_sequence_done is not None:
@@ -180,28 +234,45 @@ class Puller:
         self, request: IncomingRequest, collection: ReplicatedCollection, index: int | None
     ) -> None:
         properties = request.properties
-        doc_id = properties.get("id", "")
-        rev_id = properties.get("rev", "")
-        if not doc_id or not is_valid_rev_id(rev_id):
-            request.respond_error("HTTP", 400, f"invalid docID/revID {doc_id!r} {rev_id!r}")
-            self._stats.record_error(f"invalid rev {doc_id!r} {rev_id!r}")
+        try:
+            named = read_rev(self._wire, properties)
+        except BadVersion as exc:  # names the property at fault; nothing is stored
+            request.respond_error("HTTP", 400, str(exc))
+            self._stats.record_error(
+                f"invalid rev {properties.get('id')!r} {properties.get('rev')!r}: {exc}"
+            )
             return
         self._stats.in_flight += 1
         try:
-            await self._insert_rev(request, collection, index, doc_id, rev_id)
+            await self._insert_rev(request, collection, index, named)
         finally:
             self._stats.in_flight -= 1
             self._sequence_done(index, properties.get("sequence"))
+
+    def _delta_base(
+        self, collection: ReplicatedCollection, doc_id: str, delta_source: str
+    ) -> str | None:
+        """The local revID a ``deltaSrc`` names: a revID, or in a CBMobile_4 session a
+        version (the cv of a revision we hold)."""
+        if not (self._wire.uses_versions and "@" in delta_source):
+            return delta_source
+        try:
+            version = Version.parse(delta_source, "deltaSrc")
+        except BadVersion:
+            return None
+        found = collection.get_revision_by_version(doc_id, version, with_body=False)
+        return found.rev_id if found is not None else None
 
     async def _insert_rev(
         self,
         request: IncomingRequest,
         collection: ReplicatedCollection,
         index: int | None,
-        doc_id: str,
-        rev_id: str,
+        named: VersionedRevision | IncomingRevision,
     ) -> None:
         properties = request.properties
+        doc_id = named.doc_id
+        rev_id = properties.get("rev", "")
         body = request.body or b"{}"
         delta_source = properties.get("deltaSrc")
         if delta_source:
@@ -209,7 +280,13 @@ class Puller:
                 request.respond_error("HTTP", 400, "delta sync is not enabled on this peer")
                 return
             try:
-                body = apply_received_delta(collection, doc_id, delta_source, body)
+                base = self._delta_base(collection, doc_id, delta_source)
+                if base is None:
+                    raise DeltaApplyError(
+                        DELTA_BASE_UNKNOWN,
+                        f"base revision {delta_source} of '{doc_id}' is not available",
+                    )
+                body = apply_received_delta(collection, doc_id, base, body)
             except DeltaApplyError as exc:
                 log.info("%s: %s; asking for the full body", self._session.name, exc.message)
                 request.respond_error(DELTA_ERROR_DOMAIN, DELTA_ERROR_STATUS, exc.message)
@@ -228,14 +305,17 @@ class Puller:
             self._stats.record_error(str(exc))
             request.respond_error("HTTP", 502, str(exc))
             return
-        revision = IncomingRevision(
-            doc_id=doc_id,
-            rev_id=rev_id,
-            history=parse_history(properties.get("history")),
-            deleted=is_true(properties.get("deleted")),
-            body=body,
-            no_conflicts=is_true(properties.get("noconflicts")),
-        )
+        revision: IncomingRevision | IncomingVersioned
+        if isinstance(named, VersionedRevision):
+            revision = IncomingVersioned(
+                doc_id=doc_id,
+                version=named.version,
+                deleted=named.deleted,
+                body=body,
+                peer=self._peer.value,
+            )
+        else:
+            revision = dataclasses.replace(named, body=body, from_vv_peer=self._wire.uses_versions)
         try:
             result = await self._inserter.insert(collection, revision)
         except StoreError as exc:
@@ -247,7 +327,7 @@ class Puller:
             if self._on_stored is not None:
                 self._on_stored(index, doc_id, rev_id)
             if not request.no_reply:
-                request.respond()
+                request.respond(self._wire.rev_reply_properties(result.status))
             return
         message = result.message or f"cannot store '{doc_id}' {rev_id}"
         self._stats.record_error(message)
@@ -259,7 +339,7 @@ class Puller:
         blobs = self._database.blobs
         for blob in find_blobs(document):
             digest = blob.get("digest")
-            if not isinstance(digest, str) or blobs.has(digest):
+            if not isinstance(digest, str) or blobs.claim(digest):  # see store.maintenance
                 continue
             fetch = self._blob_fetches.get(digest)
             if fetch is None:

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from fieldsync.blip import BLIPSession, IncomingResponse
-from fieldsync.replication import decisions
 from fieldsync.replication.deltas import DeltaEncoder, is_delta_error
 from fieldsync.replication.errors import ReplicationError
 from fieldsync.replication.messages import (
@@ -28,7 +27,6 @@ from fieldsync.replication.messages import (
     NOREV,
     REV,
     encode_json,
-    format_history,
     is_true,
     with_collection,
 )
@@ -257,7 +255,7 @@ class Pusher:
                 and current is not None
                 and current.body is not None
             ):
-                properties["replacedRev"] = change.rev_id
+                properties["replacedRev"] = self._mode.name(change)
                 revision = current
             else:
                 self._session.send_nowait(
@@ -265,7 +263,7 @@ class Pusher:
                     with_collection(
                         {
                             "id": change.doc_id,
-                            "rev": change.rev_id,
+                            "rev": self._mode.name(change),
                             "sequence": str(change.sequence),
                             "error": "404",
                             "reason": "revision is no longer available",
@@ -275,15 +273,14 @@ class Pusher:
                     no_reply=True,
                 )
                 return
-        history = collection.rev_history(change.doc_id, revision.rev_id)[1:]
+        spelled = self._mode.spell_rev(collection, revision, known, max_history)
         properties.update(
-            {"id": change.doc_id, "rev": revision.rev_id, "sequence": str(change.sequence)}
+            {"id": change.doc_id, "rev": spelled.rev, "sequence": str(change.sequence)}
         )
         if revision.deleted:
             properties["deleted"] = "1"
-        sent_history = decisions.history_to_send(history, known, max_history)
-        if sent_history:
-            properties["history"] = format_history(sent_history)
+        if spelled.history:
+            properties["history"] = spelled.history
         properties.update(self._mode.rev_properties())
         body = revision.body
         if body is None:  # replaced above by a revision that has one, or answered with norev
@@ -291,13 +288,15 @@ class Pusher:
         if b'"digest"' in body:
             self._remember_blobs(body)
         encoder = self._options.delta_encoder if self._deltas_ok and known else None
+        base_names = {rev_id: name for name, rev_id in spelled.delta_bases}
         while True:
             message_properties = dict(properties)
             message_body = body
             if encoder is not None:
-                delta = encoder(collection, change.doc_id, body, known)
+                delta = encoder(collection, change.doc_id, body, list(base_names))
                 if delta is not None:
-                    message_properties["deltaSrc"], message_body = delta
+                    base_rev_id, message_body = delta
+                    message_properties["deltaSrc"] = base_names.get(base_rev_id, base_rev_id)
             sent = self._session.send_nowait(
                 REV,
                 with_collection(message_properties, self._index),
@@ -312,7 +311,7 @@ class Pusher:
             break
         if reply.is_error:
             message = (
-                f"peer refused '{change.doc_id}' {revision.rev_id} in {self.name}: "
+                f"peer refused '{change.doc_id}' {spelled.rev} in {self.name}: "
                 f"{reply.error_domain} {reply.error_code} {reply.error_message}"
             )
             self._stats.record_error(message)

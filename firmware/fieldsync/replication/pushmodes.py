@@ -2,17 +2,45 @@
 
 The passive side answers a peer's ``subChanges`` with ``changes`` lists (``ChangesMode``); the
 active replicator offers its own revisions with ``proposeChanges`` and ``noconflicts``
-(``ProposeMode``). Everything else a Pusher does is the same for both.
+(``ProposeMode``). In a CBMobile_4 session the passive side names revisions by version and
+sends 4.x phones a vector history (``VectorChangesMode``). Everything else a Pusher does is the
+same for all of them.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from fieldsync.replication import decisions
-from fieldsync.replication.messages import CHANGES, PROPOSE_CHANGES
-from fieldsync.store import Change
+from fieldsync.replication.messages import CHANGES, PROPOSE_CHANGES, format_history
+from fieldsync.replication.ports import ReplicatedCollection
+from fieldsync.replication.versioning import PeerKey, WireFormat, delta_bases, outgoing_rev
+from fieldsync.store import Change, Revision
+from fieldsync.store.versions import Version
+
+
+@dataclass(frozen=True)
+class SpelledRev:
+    """How a ``rev`` message names a revision: ``rev``, ``history`` (``None``: omit), and the
+    revisions the peer has that may serve as delta sources, as (wire name, local revID)."""
+
+    rev: str
+    history: str | None
+    delta_bases: list[tuple[str, str]] = field(default_factory=list)
+
+
+def spell_rev_tree(
+    collection: ReplicatedCollection, revision: Revision, known: list[str], max_history: int
+) -> SpelledRev:
+    """Rev-tree spelling: the revID, its ancestry cut after the first one the peer knows."""
+    ancestry = collection.rev_history(revision.doc_id, revision.rev_id)[1:]
+    sent = decisions.history_to_send(ancestry, known, max_history)
+    return SpelledRev(
+        revision.rev_id, format_history(sent) if sent else None, [(k, k) for k in known]
+    )
+
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +73,21 @@ class PushMode(Protocol):
         """Extra properties of every ``rev`` message."""
         ...
 
+    def name(self, change: Change) -> str:
+        """How the change list named the change's revision (also used by ``norev`` and
+        ``replacedRev``)."""
+        ...
+
+    def spell_rev(
+        self,
+        collection: ReplicatedCollection,
+        revision: Revision,
+        known: list[str],
+        max_history: int,
+    ) -> SpelledRev:
+        """``rev``/``history`` for sending ``revision`` to a peer that knows ``known``."""
+        ...
+
     def revision_sent(self, doc_id: str, rev_id: str) -> None:
         """The peer acknowledged ``rev_id`` of ``doc_id``."""
         ...
@@ -74,6 +117,18 @@ class ChangesMode:
 
     def rev_properties(self) -> dict[str, str]:
         return {}
+
+    def name(self, change: Change) -> str:
+        return change.rev_id
+
+    def spell_rev(
+        self,
+        collection: ReplicatedCollection,
+        revision: Revision,
+        known: list[str],
+        max_history: int,
+    ) -> SpelledRev:
+        return spell_rev_tree(collection, revision, known, max_history)
 
     def revision_sent(self, doc_id: str, rev_id: str) -> None:
         return None
@@ -117,5 +172,73 @@ class ProposeMode:
     def rev_properties(self) -> dict[str, str]:
         return {"noconflicts": "true"}
 
+    def name(self, change: Change) -> str:
+        return change.rev_id
+
+    def spell_rev(
+        self,
+        collection: ReplicatedCollection,
+        revision: Revision,
+        known: list[str],
+        max_history: int,
+    ) -> SpelledRev:
+        return spell_rev_tree(collection, revision, known, max_history)
+
     def revision_sent(self, doc_id: str, rev_id: str) -> None:
         self.remote_revs[doc_id] = rev_id
+
+
+class VectorChangesMode(ChangesMode):
+    """The passive side of a CBMobile_4 session (a 4.x phone pulls): ``changes`` rows name the
+    cv (the legacy revID while a document has no vector), and each ``rev`` carries the vector
+    history plus the legacy tail the phone needs (``versioning.outgoing_rev``). What the phone
+    learns about its ``lastLegacyRevID`` from a revision is recorded once it acknowledges it.
+
+    ``peer``: the phone's key for that bookkeeping (``None`` until known: nothing recorded).
+    """
+
+    def __init__(self, collection: ReplicatedCollection, peer: PeerKey) -> None:
+        self._collection = collection
+        self._peer = peer
+        self._learned: dict[tuple[str, str], str] = {}
+
+    def announcement(self, changes: list[Change]) -> tuple[dict[str, str], list[object]]:
+        return {}, [
+            decisions.changes_entry(c.sequence, c.doc_id, self.name(c), c.deleted, c.body_size)
+            for c in changes
+        ]
+
+    def name(self, change: Change) -> str:
+        return WireFormat.VERSION_VECTORS.current_name(change.rev_id, change.version)
+
+    def spell_rev(
+        self,
+        collection: ReplicatedCollection,
+        revision: Revision,
+        known: list[str],
+        max_history: int,
+    ) -> SpelledRev:
+        doc_id = revision.doc_id
+        peer = self._peer.value
+        peer_legacy = collection.get_peer_legacy(doc_id, peer) if peer else None
+        ancestry = collection.rev_history(doc_id, revision.rev_id)[1:]
+        out = outgoing_rev(
+            revision.rev_id, revision.version, ancestry, known, peer_legacy, max_history=max_history
+        )
+        if out.learned_peer_legacy is not None and peer:
+            self._learned[(doc_id, revision.rev_id)] = out.learned_peer_legacy
+        bases: list[tuple[str, str]] = []
+        for base in delta_bases(known):
+            if isinstance(base, Version):
+                found = collection.get_revision_by_version(doc_id, base, with_body=False)
+                if found is not None:
+                    bases.append((str(base), found.rev_id))
+            else:
+                bases.append((base, base))
+        return SpelledRev(out.rev, out.history, bases)
+
+    def revision_sent(self, doc_id: str, rev_id: str) -> None:
+        learned = self._learned.pop((doc_id, rev_id), None)
+        peer = self._peer.value
+        if learned is not None and peer:
+            self._collection.set_peer_legacy(doc_id, peer, learned)

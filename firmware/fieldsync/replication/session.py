@@ -22,10 +22,11 @@ from fieldsync.replication.notifier import ChangeNotifier
 from fieldsync.replication.ports import ReplicatedCollection, ReplicatedDatabase
 from fieldsync.replication.puller import Puller, PullerHooks
 from fieldsync.replication.pusher import Pusher, PushOptions
-from fieldsync.replication.pushmodes import PushMode
+from fieldsync.replication.pushmodes import ChangesMode, PushMode, VectorChangesMode
 from fieldsync.replication.routing import CollectionRouter
 from fieldsync.replication.sequences import SequenceTracker
 from fieldsync.replication.stats import ReplicationStats
+from fieldsync.replication.versioning import PeerKey, WireFormat
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +50,14 @@ class ReplicationSession:
         stats: ReplicationStats | None = None,
         accept_deltas: bool = False,
         hooks: PullerHooks | None = None,
+        wire: WireFormat = WireFormat.REV_TREES,
     ) -> None:
+        """``wire``: how this connection spells revisions, from the negotiated subprotocol."""
         self.blip = blip
+        self.wire = wire
+        #: The peer's key for per-phone bookkeeping (CBMobile_4: its source ID from
+        #: ``getCollections``' ``uuid``, else its checkpoint ID); ``None`` until known.
+        self.peer = PeerKey()
         self.database = database
         self.notifier = notifier
         self.router = router
@@ -65,6 +72,8 @@ class ReplicationSession:
             inserter=self.inserter,
             accept_deltas=accept_deltas,
             hooks=hooks,
+            wire=wire,
+            peer=self.peer,
         )
         self.pushers: list[Pusher] = []
         self._feeds: set[asyncio.Task[None]] = set()
@@ -72,6 +81,13 @@ class ReplicationSession:
     @property
     def name(self) -> str:
         return self.blip.name
+
+    def changes_mode(self, collection: ReplicatedCollection) -> PushMode:
+        """How this connection feeds a peer that pulls ``collection`` (``changes`` lists in
+        the negotiated spelling)."""
+        if self.wire.uses_versions:
+            return VectorChangesMode(collection, self.peer)
+        return ChangesMode()
 
     # -- incoming messages --------------------------------------------------------------------
 

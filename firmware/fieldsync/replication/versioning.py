@@ -19,14 +19,16 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
+from fieldsync.replication.decisions import AnnouncedChange
 from fieldsync.replication.messages import (
     DEFAULT_MAX_HISTORY,
     SUBPROTOCOL_V4,
     format_history,
     is_true,
     parse_history,
+    trim_trailing,
 )
 from fieldsync.store import revid
 from fieldsync.store.models import IncomingRevision
@@ -158,6 +160,31 @@ def parse_proposed_versions(body: Any) -> list[ProposedVersion]:
     return rows
 
 
+class VersionLookup(Protocol):
+    """What ``answer_version_changes`` needs from a collection."""
+
+    def has_version(self, doc_id: str, version: Version | str) -> bool: ...
+
+
+def answer_version_changes(
+    collection: VersionLookup, changes: Sequence[AnnouncedChange]
+) -> tuple[list[Any], list[int]]:
+    """The reply to a ``changes`` list in a version-vector session (a peer pushing with
+    ``changes`` rather than ``proposeChanges``; LiteCore 4.x does not): 0 for a revision we
+    already have, ``[]`` (send it) otherwise; and the indexes asked for. Rows may carry whole
+    vectors; only the first entry counts."""
+    answers: list[Any] = []
+    wanted: list[int] = []
+    for position, change in enumerate(changes):
+        current = extract_current(change.rev_id, f"rev of '{change.doc_id}'")
+        if collection.has_version(change.doc_id, current):
+            answers.append(0)
+        else:
+            answers.append([])
+            wanted.append(position)
+    return trim_trailing(answers, 0), wanted
+
+
 # -- receiving a rev ---------------------------------------------------------------------------
 
 
@@ -208,6 +235,16 @@ def read_rev(
         )
     version = parse_rev_history(rev, history_text)
     return VersionedRevision(doc_id, version, deleted, no_conflicts)
+
+
+@dataclass
+class PeerKey:
+    """Who the peer of a session is, for the per-phone ``lastLegacyRevID`` bookkeeping of
+    CBMobile_4 sessions (VV-NOTES §7): ``value`` is ``None`` until the session learns it. A
+    plain holder shared by the session's puller and pushers (no back references, so a closed
+    connection is freed without the cyclic collector)."""
+
+    value: str | None = None
 
 
 def peer_source(uuid_property: str | None) -> SourceID | None:
