@@ -400,6 +400,18 @@ def test_merges() -> None:
     assert str(trivial) == f"2000000000000@{A}; 1200000000000@{C}, 1100000000000@{B}"
     assert vv.compare_vectors(trivial, winner) is Order.SAME
     assert vv.compare_vectors(trivial, loser) is Order.NEWER
+    # LiteCore 4.1 merging its edit with a pulled one (seen in test_versions_litecore41)
+    mine = HLV.parse("18ecbc6a5db30000@JDK2OqUDQIu4CdyvyZHf3A")
+    theirs = HLV.parse("18ecbc6a4fad0000@PrJDjYcRQWOX0b4/RZMgeg")
+    assert str(vv.merge(mine, theirs, v("18ecbc6a6b7d0000@JDK2OqUDQIu4CdyvyZHf3A"))) == (
+        "18ecbc6a6b7d0000@JDK2OqUDQIu4CdyvyZHf3A, 18ecbc6a5db30000@JDK2OqUDQIu4CdyvyZHf3A, "
+        "18ecbc6a4fad0000@PrJDjYcRQWOX0b4/RZMgeg;"
+    )
+    # both sides by the merging source: only the newer one stays a merge version
+    both = vv.merge(
+        HLV(v(f"2000000000000@{A}")), HLV(v(f"1000000000000@{A}")), v(f"3000000000000@{A}")
+    )
+    assert str(both) == f"3000000000000@{A}, 2000000000000@{A};"
     # updating a merge: mvs become pvs
     updated = merged.with_new_cv(v(f"4000000000000@{A}"))
     assert not updated.mv and updated.time_of(SourceID(B)) == 0x1100000000000

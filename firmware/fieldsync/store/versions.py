@@ -369,12 +369,14 @@ def merge(winner: HLV, loser: HLV, new_cv: Version) -> HLV:
     """A resolution with a new body (LiteCore ``merge``): ``new_cv`` current, both cvs as mvs
     (newest first), every other source at its newest time as pv."""
     mvs: list[Version] = []
-    taken = {new_cv.source}
-    # A cv by the merging source itself is covered by the new cv and is left out.
+    taken: set[SourceID] = set()
+    # As LiteCore writes it: both cvs newest first, the merging source's own older cv included
+    # (once); a second cv by a source already listed is covered and left out.
     for version in sorted((winner.cv, loser.cv), key=lambda v: v.time, reverse=True):
-        if version.source not in taken:
+        if version.source not in taken and version.time < new_cv.time:
             mvs.append(version)
             taken.add(version.source)
+    taken.add(new_cv.source)
     rest = [
         v for v in _max_per_source((*winner.versions(), *loser.versions())) if v.source not in taken
     ]
