@@ -1,9 +1,9 @@
 #!/usr/bin/python3
 """First boot of a fieldsync device, and the operator's settings from the boot partition.
 
-Installed as ``/usr/local/lib/fieldsync/firstboot.py`` and run by ``fieldsync-firstboot.service``
-before the network, SSH and the agent start. Standard library only (it runs with the system's
-``python3``, on the Debian image and on Raspberry Pi OS alike).
+Installed as ``/usr/lib/fieldsync/firstboot.py`` (Debian package ``fieldsync``) and run by
+``fieldsync-firstboot.service`` before the network, SSH and the agent start. Standard library
+only (it runs with the system's ``python3``, on the Debian image and on Raspberry Pi OS alike).
 
 Once per card (until the stamp file exists):
 
@@ -19,9 +19,14 @@ partition: validate and apply the operator's settings (host name, SSH key, Wi-Fi
 point, the agent's configuration), then delete those files from the FAT partition (they hold a
 Wi-Fi passphrase) and leave ``fieldsync-settings.log`` there saying what was done.
 
-Commands: ``run`` (the unit), ``check SETTINGS`` (validate a settings file, e.g. before flashing),
-``render SETTINGS --root DIR [--backend networkd|networkmanager]`` (write the files the settings
-would produce under DIR, for review and for the tests).
+On a system that was already running when the package was installed (``install``, run by the
+package's postinst): only the keystore and the TLS identity, and the stamp, so that the card
+steps above never run on it. Without a secured partition in ``/etc/fstab`` the keystore is a
+directory on the root file system (0700, owner ``fieldsync``).
+
+Commands: ``run`` (the unit), ``install`` (postinst), ``check SETTINGS`` (validate a settings
+file, e.g. before flashing), ``render SETTINGS --root DIR [--backend networkd|networkmanager]``
+(write the files the settings would produce under DIR, for review and for the tests).
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ import ipaddress
 import os
 import pwd
 import re
+import socket
 import stat
 import subprocess
 import sys
@@ -50,7 +56,8 @@ STAMP = Path("/var/lib/fieldsync/firstboot.done")
 AGENT_CONFIG = Path("/etc/fieldsync/fieldsync.toml")
 SECURED_KEYSTORE = Path("/var/lib/fieldsync/keys")
 AGENT_USER = "fieldsync"
-FIELDSYNC = "/usr/local/bin/fieldsync"
+FIELDSYNC = "/usr/bin/fieldsync"
+FSTAB = Path("/etc/fstab")
 DEFAULT_ALIAS = "fieldsync"
 DEFAULT_SSH_USER = "admin"
 HOSTNAME_PREFIX = "fieldsync-"
@@ -601,14 +608,33 @@ def configured_identity() -> tuple[Path, str]:
     return keystore, alias
 
 
+def fstab_mounts(path: Path, fstab_text: str) -> bool:
+    """True when ``fstab_text`` mounts a file system at ``path`` (the secured partition)."""
+    for line in fstab_text.splitlines():
+        fields = line.split()
+        if len(fields) >= 2 and not fields[0].startswith("#") and Path(fields[1]) == path:
+            return True
+    return False
+
+
 def prepare_keystore(keystore: Path) -> str:
-    """The keystore directory: on its own mounted partition, owned by the agent, mode 0700."""
-    if keystore == SECURED_KEYSTORE and not os.path.ismount(keystore):
+    """The keystore directory, owned by the agent, mode 0700: on its own partition when
+    /etc/fstab names one for it (and then only once it is mounted), else a plain directory."""
+    try:
+        secured = fstab_mounts(keystore, FSTAB.read_text())
+    except OSError:
+        secured = False
+    if secured and not os.path.ismount(keystore):
         raise RuntimeError(
             f"the secured partition is not mounted at {keystore}: refusing to create keys on "
             "the root file system"
         )
-    if keystore != SECURED_KEYSTORE:
+    if not secured:
+        log(
+            f"no partition for {keystore} in {FSTAB}: the keystore is a directory on the root "
+            "file system (mode 0700, owner fieldsync)"
+        )
+    elif keystore != SECURED_KEYSTORE:
         log(
             f"warning: {AGENT_CONFIG} puts the keystore at {keystore}, not on the secured "
             f"partition ({SECURED_KEYSTORE})"
@@ -801,11 +827,29 @@ def command_run(boot: Path) -> int:
     return 1 if failures else 0
 
 
+def command_install() -> int:
+    """The package installed on a running system: keystore and TLS identity (an existing one is
+    kept, so an upgrade or a reinstall keeps the device's certificate), then the stamp, so the
+    card-only first-boot steps (grow root, SSH host keys, host name) never run here."""
+    keystore, alias = configured_identity()
+    try:
+        log(prepare_keystore(keystore))
+        log(create_identity(keystore, alias, socket.gethostname()))
+    except (OSError, RuntimeError, KeyError, subprocess.CalledProcessError) as exc:
+        log(f"FAILED keystore / TLS identity: {exc}")
+        return 1
+    if not STAMP.exists():
+        STAMP.parent.mkdir(parents=True, exist_ok=True)
+        STAMP.write_text(datetime.datetime.now(datetime.UTC).isoformat() + " (package installed)\n")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fieldsync-firstboot", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p_run = sub.add_parser("run", help="first boot and settings (the systemd unit)")
     p_run.add_argument("--boot", type=Path, default=BOOT_DIR)
+    sub.add_parser("install", help="keystore and TLS identity on a running system (postinst)")
     p_check = sub.add_parser("check", help="validate a settings file (and fieldsync.toml)")
     p_check.add_argument("settings", type=Path)
     p_check.add_argument("--agent-config", type=Path)
@@ -816,6 +860,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "run":
         return command_run(args.boot)
+    if args.command == "install":
+        return command_install()
     try:
         settings = load_settings(SettingsFiles(args.settings, getattr(args, "agent_config", None)))
     except (SettingsError, OSError, UnicodeDecodeError) as exc:

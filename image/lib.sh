@@ -13,12 +13,14 @@ BOOT_MIB=256
 KEYS_MIB=16
 SUITE=bookworm
 KEYSTORE_DIR=/var/lib/fieldsync/keys
-# wheel platform tags for Debian bookworm arm64 (glibc 2.36, CPython 3.11)
-WHEEL_PLATFORMS=(manylinux2014_aarch64 manylinux_2_17_aarch64 manylinux_2_24_aarch64
-	manylinux_2_27_aarch64 manylinux_2_28_aarch64 manylinux_2_31_aarch64 manylinux_2_34_aarch64
-	manylinux_2_35_aarch64 manylinux_2_36_aarch64)
-
-log() { printf '[image/build %s] %s\n' "$(date +%T)" "$*" >&2; }
+log() {
+	local since=
+	[ -n "${t0:-}" ] && since=" +$(( $(date +%s) - t0 ))s"
+	printf '[image/build %s%s] %s\n' "$(date +%T)" "$since" "$*" >&2
+}
+# A numbered stage of the build ("[2/7] ..."), so a long build shows where it is:
+# stage N TEXT (numbered explicitly: some stages run in command-substitution subshells).
+stage() { log "[$1/${STAGES:-?}] ${*:2}"; }
 die() { printf 'image/build: error: %s\n' "$*" >&2; exit 1; }
 
 # Install the host tools this script needs, when missing (Debian).
@@ -38,6 +40,8 @@ ensure_tools() {
 	zstd zstd
 	arch-test arch-test
 	qemu-img qemu-utils
+	aarch64-linux-gnu-strip binutils-aarch64-linux-gnu
+	dpkg-deb dpkg
 	LIST
 	python3 -c 'import tomllib' 2>/dev/null || need+=(python3)
 	python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
@@ -98,10 +102,10 @@ base_rootfs() {
 		| sha256sum | cut -c1-16)
 	tar=$cache_dir/rootfs-$key.tar
 	if [ -s "$tar" ] && [ "$refresh" = 0 ]; then
-		log "base root file system: cached ($tar)"
+		stage 1 "base root file system: cached ($tar)"
 		echo "$tar"; return
 	fi
-	log "base root file system: building with mmdebstrap (key $key; several minutes)"
+	stage 1 "base root file system: building with mmdebstrap (key $key; several minutes)"
 	local t=$(date +%s)
 	# the tarball goes to stdout ("-" as target): written to a temporary name, then renamed
 	nice -n 10 mmdebstrap "${opts[@]}" >"$tar.part" 2>"$work/mmdebstrap.log" || {
@@ -113,74 +117,68 @@ base_rootfs() {
 	echo "$tar"
 }
 
-# ----------------------------------------------------------------------------- fieldsync payload
+# ----------------------------------------------------------------------------- fieldsync package
 
-# Stage everything fieldsync adds to a root file system under $1 (same for both routes):
-#   /usr/local/lib/fieldsync/python   fieldsync and its dependencies (aarch64 wheels, CPython 3.11)
-#   /usr/local/bin/fieldsync          the console script
-#   /usr/local/lib/fieldsync/firstboot.py, the units and configuration from board/rootfs
-stage_payload() {
-	local payload=$1 src=$work/src wheels=$work/wheels py
-	py=$(host_python)
-	mkdir -p "$payload" "$wheels" "$src"
-	# the repository as it is now (tracked and untracked, not ignored files), built out of tree
-	git -C "$repo" ls-files -z -co --exclude-standard \
-		| (cd "$repo" && tar --null -T - -cf -) | tar -xf - -C "$src"
-	log "payload: building the fieldsync wheel ($(git -C "$repo" describe --always --dirty 2>/dev/null || echo unknown))"
-	"$py" -m pip wheel -q --no-deps -w "$wheels" "$src" >"$work/pip-wheel.log" 2>&1 \
-		|| { cat "$work/pip-wheel.log" >&2; die "pip wheel failed"; }
-	local wheel
-	wheel=$(ls "$wheels"/fieldsync-*.whl)
-	local plat=() p
-	for p in "${WHEEL_PLATFORMS[@]}"; do plat+=(--platform "$p"); done
-	log "payload: fetching aarch64 wheels of the dependencies"
-	"$py" -m pip download -q --only-binary=:all: "${plat[@]}" --python-version 3.11 \
-		--implementation cp -d "$wheels" "$wheel" >"$work/pip-download.log" 2>&1 \
-		|| { cat "$work/pip-download.log" >&2; die "pip download (aarch64 wheels) failed"; }
-	local site=$payload/usr/local/lib/fieldsync/python
-	"$py" -m pip install -q --no-index --find-links "$wheels" --only-binary=:all: "${plat[@]}" \
-		--python-version 3.11 --implementation cp --target "$site" --no-compile "$wheel" \
-		>"$work/pip-install.log" 2>&1 \
-		|| { cat "$work/pip-install.log" >&2; die "pip install --target failed"; }
-	rm -rf "$site/bin"
-	# byte-code compiled ahead (unchecked-hash: the files never change on the device; a Pi Zero
-	# 2 W would otherwise compile on every start, the unit forbids writing .pyc files)
-	if [ "$("$py" -c 'import sys; print(sys.version_info[:2] == (3, 11))')" = True ]; then
-		"$py" -m compileall -q -j 2 --invalidation-mode unchecked-hash "$site" >/dev/null
-	else
-		log "payload: host Python is not 3.11: no byte-code compiled ahead"
-	fi
-	local entry
-	entry=$(sed -n '/^\[console_scripts\]/,/^\[/s/^fieldsync *= *//p' "$site"/fieldsync-*.dist-info/entry_points.txt)
-	[ -n "$entry" ] || die "the fieldsync wheel has no fieldsync console script"
-	install -d "$payload/usr/local/bin"
-	cat >"$payload/usr/local/bin/fieldsync" <<-SCRIPT
-	#!/usr/bin/python3 -I
-	# fieldsync console script (image build): the packages live in /usr/local/lib/fieldsync/python
-	import sys
-	sys.path.insert(0, "/usr/local/lib/fieldsync/python")
-	from ${entry%%:*} import ${entry##*:}
-	sys.exit(${entry##*:}())
-	SCRIPT
-	chmod 0755 "$payload/usr/local/bin/fieldsync"
-	# units, configuration, first boot
-	cp -a "$repo/board/rootfs/." "$payload/"
-	install -D -m 0755 "$repo/board/firstboot.py" "$payload/usr/local/lib/fieldsync/firstboot.py"
-	install -d "$payload/usr/local/share/doc/fieldsync"
-	install -m 0644 "$repo/board/README.md" "$payload/usr/local/share/doc/fieldsync/README.md"
-	{
-		echo "fieldsync $version"
-		echo "commit $(git -C "$repo" describe --always --dirty --abbrev=12 2>/dev/null || echo unknown)"
-		echo "built $(date -u +%Y-%m-%dT%H:%M:%SZ)"
-		(cd "$site" && ls -d ./*.dist-info | sed 's|^\./||; s|\.dist-info$||')
-	} >"$payload/usr/local/share/doc/fieldsync/BUILD-INFO"
+# Build the arm64 Debian package from the checkout (image/deb); prints its path. The image
+# installs this same package: there is one installation route for cards and running systems.
+build_package() {
+	stage "$PACKAGE_STAGE" "package: building fieldsync_${version}_arm64.deb (image/deb)"
+	"$here/deb" --arch arm64 --out "$work/deb" || die "image/deb failed"
+}
+
+# Stage the package's files under $2 as dpkg would leave them on a card whose postinst has not
+# run (the --base route, where nothing runs inside the base image): the data, the units enabled,
+# the byte code compiled ahead (the host is CPython 3.11, as the target is), and the package
+# registered in the base's dpkg database ($3: a copy of its /var/lib/dpkg/status, or empty when
+# it has none) so that apt can upgrade or remove it later. The agent's user and directories come
+# from its sysusers.d / tmpfiles.d entries at boot.
+stage_package_files() {
+	local deb=$1 payload=$2 status=$3 info py
+	dpkg-deb -x "$deb" "$payload"
 	local wants=$payload/etc/systemd/system/multi-user.target.wants
 	install -d "$wants"
-	ln -sf /etc/systemd/system/fieldsync-agent.service "$wants/fieldsync-agent.service"
-	ln -sf /etc/systemd/system/fieldsync-firstboot.service "$wants/fieldsync-firstboot.service"
+	ln -sf /usr/lib/systemd/system/fieldsync-agent.service "$wants/fieldsync-agent.service"
+	ln -sf /usr/lib/systemd/system/fieldsync-firstboot.service "$wants/fieldsync-firstboot.service"
+	py=$(host_python)
+	if [ "$("$py" -c 'import sys; print(sys.version_info[:2] == (3, 11))')" = True ]; then
+		"$py" -m compileall -q -j 2 --invalidation-mode unchecked-hash -s "$payload" -p / \
+			"$payload/opt/fieldsync/lib" >/dev/null
+	fi
+	if [ -s "$status" ]; then
+		info=$payload/var/lib/dpkg/info
+		install -d "$info"
+		dpkg-deb -e "$deb" "$work/control"
+		local f
+		for f in postinst prerm postrm md5sums conffiles; do
+			[ -e "$work/control/$f" ] && install -m "$([ -x "$work/control/$f" ] && echo 0755 || echo 0644)" \
+				"$work/control/$f" "$info/fieldsync.$f"
+		done
+		dpkg-deb -c "$deb" | awk '{ sub(/^\./, "", $6); print ($6 == "/" ? "/." : $6) }' \
+			| sed 's|/$||; s|^$|/.|' >"$info/fieldsync.list"
+		# the status stanza: the control fields, "installed", and the conffiles' hashes
+		python3 - "$work/control/control" "$payload" "$status" >"$payload/var/lib/dpkg/status" <<-'PY'
+		import hashlib, re, sys
+		control, root, status = sys.argv[1:]
+		text = open(status).read()
+		stanzas = [s for s in re.split(r"\n\s*\n", text.strip()) if not s.startswith("Package: fieldsync\n")]
+		fields = open(control).read().strip().splitlines()
+		stanza = [fields[0], "Status: install ok installed"] + fields[1:]
+		conffiles = []
+		try:
+		    conffiles = [l.strip() for l in open(control.rsplit("/", 1)[0] + "/conffiles") if l.strip()]
+		except OSError:
+		    pass
+		if conffiles:
+		    stanza.append("Conffiles:")
+		    for path in conffiles:
+		        digest = hashlib.md5(open(root + path, "rb").read()).hexdigest()
+		        stanza.append(f" {path} {digest}")
+		print("\n\n".join(stanzas + ["\n".join(stanza)]) + "\n")
+		PY
+	else
+		log "base: no dpkg database in the base image: fieldsync's files are added unregistered"
+	fi
 	find "$payload" -type d -exec chmod 0755 {} +
-	find "$payload" -type f ! -perm -u+x -exec chmod 0644 {} +
-	find "$payload" -type f -perm -u+x -exec chmod 0755 {} +
 	chown -R 0:0 "$payload"
 }
 
@@ -216,20 +214,27 @@ in_chroot() {
 # ----------------------------------------------------------------------------- the full image
 
 build_full() {
-	local rootfs_tar=$1 rootfs=$work/rootfs bootfs=$work/bootfs
-	stage_payload "$work/payload"
-	log "root file system: unpacking the base and adding fieldsync"
+	local rootfs_tar=$1 rootfs=$work/rootfs bootfs=$work/bootfs deb
+	deb=$(build_package)
+	stage 3 "root file system: unpacking the base"
 	mkdir -p "$rootfs" "$bootfs"
 	tar --numeric-owner --xattrs --xattrs-include='*' -xpf "$rootfs_tar" -C "$rootfs"
-	cp -a "$work/payload/." "$rootfs/"
-	cp -a "$repo/board/debian/." "$rootfs/"
-	chown -R 0:0 "$rootfs/etc/systemd" "$rootfs/etc/ssh/sshd_config.d"
+	# fstab before the package: the card's keystore is its own partition (the package's postinst
+	# creates no keys here: no systemd runs in the chroot; the card's first boot does it)
 	cat >"$rootfs/etc/fstab" <<-FSTAB
 	# fieldsync image: partitions found by label (boot FAT32, keystore, root last so it can grow)
 	LABEL=$ROOT_LABEL  /  ext4  rw,noatime,errors=remount-ro  0  1
 	LABEL=$BOOT_LABEL  /boot/firmware  vfat  rw,noatime,umask=0077,nofail,x-systemd.device-timeout=3min  0  2
 	FSTAB
 	fstab_lines >>"$rootfs/etc/fstab"
+	stage 4 "root file system: installing $(basename "$deb") (dpkg under qemu-user)"
+	install -m 0644 "$deb" "$rootfs/tmp/fieldsync.deb"
+	in_chroot "$rootfs" env DEBIAN_FRONTEND=noninteractive dpkg -i /tmp/fieldsync.deb >"$work/dpkg.log" 2>&1 \
+		|| { cat "$work/dpkg.log" >&2; die "dpkg -i fieldsync failed in the image"; }
+	rm -f "$rootfs/tmp/fieldsync.deb"
+	log "root file system: the Debian image's defaults (board/debian)"
+	cp -a "$repo/board/debian/." "$rootfs/"
+	chown -R 0:0 "$rootfs/etc/systemd" "$rootfs/etc/ssh/sshd_config.d"
 	echo fieldsync >"$rootfs/etc/hostname"
 	printf '127.0.0.1\tlocalhost\n127.0.1.1\tfieldsync\n::1\t\tlocalhost ip6-localhost ip6-loopback\n' \
 		>"$rootfs/etc/hosts"
@@ -241,13 +246,12 @@ build_full() {
 	# the Wi-Fi mode is chosen by the operator's settings; no daily apt runs on a field device
 	in_chroot "$rootfs" systemctl disable -q wpa_supplicant.service hostapd.service \
 		apt-daily.timer apt-daily-upgrade.timer 2>/dev/null || true
-	log "root file system: checking that fieldsync imports under aarch64 (qemu-user)"
-	in_chroot "$rootfs" /usr/bin/python3 -I -c '
-import sys; sys.path.insert(0, "/usr/local/lib/fieldsync/python")
-import platform, fieldsync, cryptography, websockets, zeroconf, netifaces, pyudev, uvloop
+	stage 5 "root file system: checking that fieldsync imports under aarch64 (qemu-user)"
+	in_chroot "$rootfs" /opt/fieldsync/bin/python3 -I -c '
+import platform, fieldsync, cryptography, websockets, zeroconf, netifaces, pyudev, uvloop, segno
 assert platform.machine() == "aarch64", platform.machine()
 print("fieldsync", fieldsync.__version__, "imports on", platform.machine())' >&2
-	in_chroot "$rootfs" /usr/local/bin/fieldsync --version >&2
+	in_chroot "$rootfs" /usr/bin/fieldsync --version >&2
 	# the boot partition's content comes out of the root file system
 	cp -a "$rootfs/boot/firmware/." "$bootfs/"
 	find "$rootfs/boot/firmware" -mindepth 1 -delete
@@ -261,7 +265,7 @@ assemble_image() {
 	local used_mib root_mib keys_start root_start total
 	used_mib=$(( $(du -s --block-size=1M "$rootfs" | cut -f1) ))
 	root_mib=$(( (used_mib * 5 / 4 + 320 + 3) / 4 * 4 ))
-	log "image: root file system ${used_mib} MiB used -> ${root_mib} MiB partition"
+	stage 6 "image: root file system ${used_mib} MiB used -> ${root_mib} MiB partition"
 	mkfs.ext4 -q -F -L "$ROOT_LABEL" -d "$rootfs" -E root_owner=0:0 "$work/root.ext4" "${root_mib}M" >/dev/null
 	mkfs.ext4 -q -F -L "$KEYS_LABEL" -m 0 -E root_owner=0:0 "$work/keys.ext4" "${KEYS_MIB}M" >/dev/null
 	debugfs -w -R 'set_inode_field / mode 040700' "$work/keys.ext4" >/dev/null 2>&1
@@ -291,7 +295,7 @@ publish_image() {
 	local img=$1 name=$2
 	rm -f "$out_dir/$name".img*
 	if [ "$compress" = 1 ]; then
-		log "image: compressing (zstd)"
+		stage "$STAGES" "image: compressing (zstd)"
 		nice -n 10 zstd -q -T2 -12 -o "$out_dir/$name.img.zst" "$img"
 		(cd "$out_dir" && sha256sum "$name.img.zst" >"$name.img.zst.sha256")
 	fi
@@ -336,17 +340,20 @@ print(ps[0]["type"], root["start"], root["size"], root["node"][-1], t.get("secto
 	case $boot_type in b|c|e) ;; *) die "--base: the first partition is not FAT (type $boot_type)" ;; esac
 	local root_off=$(( root_start * sector ))
 	blkid -p -O "$root_off" "$img" | grep -q 'TYPE="ext4"' || die "--base: the root partition is not ext4"
-	stage_payload "$work/payload"
+	local deb
+	deb=$(build_package)
 	log "base: root partition $root_num at $(( root_off >> 20 )) MiB, $(( root_size * sector >> 20 )) MiB"
 	dd if="$img" of="$work/root.ext4" bs=1M iflag=skip_bytes,count_bytes skip="$root_off" \
 		count=$(( root_size * sector )) conv=sparse status=none
 	if [ "$root_grow_mib" -gt 0 ]; then
-		log "base: growing the root file system by $root_grow_mib MiB"
+		stage 2 "base: growing the root file system by $root_grow_mib MiB"
 		e2fsck -fp "$work/root.ext4" >/dev/null || [ $? -le 1 ] || die "--base: the root file system has errors"
 		truncate -s +"${root_grow_mib}M" "$work/root.ext4"
 		resize2fs -p "$work/root.ext4" >/dev/null 2>&1 || die "--base: resize2fs failed"
 	fi
-	log "base: writing fieldsync into the root file system (debugfs)"
+	debugfs -R 'cat /var/lib/dpkg/status' "$work/root.ext4" 2>/dev/null >"$work/dpkg-status" || true
+	stage_package_files "$deb" "$work/payload" "$work/dpkg-status"
+	stage 3 "base: writing fieldsync into the root file system (debugfs)"
 	"$here/debugfs-tree" "$work/payload" "$work/root.ext4" >"$work/payload.debugfs"
 	debugfs -R 'cat /etc/fstab' "$work/root.ext4" 2>/dev/null >"$work/fstab"
 	grep -q "$KEYSTORE_DIR" "$work/fstab" || fstab_lines >>"$work/fstab"

@@ -28,6 +28,12 @@ CMDLINE = (
 )
 
 
+DPKG_STATUS = (
+    "Package: base-files\nStatus: install ok installed\nPriority: required\n"
+    "Architecture: arm64\nVersion: 12.4+deb12u5\nDescription: base system files\n"
+)
+
+
 def run(*cmd: str, **kw) -> str:
     return subprocess.run(cmd, capture_output=True, text=True, check=True, **kw).stdout
 
@@ -51,6 +57,8 @@ def base_and_result(tmp_path_factory, require_tools):
     (root / "etc/hostname").write_text("raspberrypi\n")
     (root / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/bash\n")
     (root / "usr/bin/python3").write_text("#!/bin/sh\n")
+    (root / "var/lib/dpkg/info").mkdir(parents=True)
+    (root / "var/lib/dpkg/status").write_text(DPKG_STATUS)
     (root / "etc/systemd/system/multi-user.target.wants/ssh.service").symlink_to(
         "/lib/systemd/system/ssh.service"
     )
@@ -139,18 +147,31 @@ def test_fieldsync_added_and_base_kept(base_and_result):
     for unit in ("ssh.service", "fieldsync-agent.service", "fieldsync-firstboot.service"):
         assert unit in wants
     for path, mode in (
-        ("/usr/local/bin/fieldsync", "0755"),
-        ("/usr/local/lib/fieldsync/firstboot.py", "0755"),
-        ("/etc/systemd/system/fieldsync-agent.service", "0644"),
+        ("/opt/fieldsync/bin/fieldsync", "0755"),
+        ("/usr/lib/fieldsync/firstboot.py", "0755"),
+        ("/usr/lib/systemd/system/fieldsync-agent.service", "0644"),
         ("/etc/fieldsync/fieldsync.toml", "0644"),
     ):
         stat = debugfs(image, root, f"stat {path}")
         assert re.search(rf"Type: regular\s+Mode:\s+{mode}", stat), (path, stat)
         assert re.search(r"User:\s+0\s+Group:\s+0", stat)
-    packaged = debugfs(image, root, "cat /usr/local/lib/fieldsync/python/fieldsync/__init__.py")
+    assert "Type: symlink" in debugfs(image, root, "stat /usr/bin/fieldsync")
+    site = "/opt/fieldsync/lib/python3.11/site-packages"
+    packaged = debugfs(image, root, f"cat {site}/fieldsync/__init__.py")
     assert packaged == (REPO / "firmware/fieldsync/__init__.py").read_text()
-    unit = debugfs(image, root, "cat /etc/systemd/system/fieldsync-agent.service")
-    assert unit == (REPO / "board/rootfs/etc/systemd/system/fieldsync-agent.service").read_text()
+    # registered with dpkg (so apt can upgrade or remove it), the base's packages kept
+    status = debugfs(image, root, "cat /var/lib/dpkg/status")
+    assert status.startswith(DPKG_STATUS)
+    stanza = status.split("Package: fieldsync\n", 1)[1]
+    assert "Status: install ok installed" in stanza and "Architecture: arm64" in stanza
+    assert " /etc/fieldsync/fieldsync.toml " in stanza  # the conffile and its hash
+    listing = debugfs(image, root, "cat /var/lib/dpkg/info/fieldsync.list").splitlines()
+    assert "/opt/fieldsync/bin/fieldsync" in listing and "/usr/bin/fieldsync" in listing
+    assert "postinst" in debugfs(image, root, "ls /var/lib/dpkg/info")
+    unit = debugfs(image, root, "cat /usr/lib/systemd/system/fieldsync-agent.service")
+    assert (
+        unit == (REPO / "board/rootfs/usr/lib/systemd/system/fieldsync-agent.service").read_text()
+    )
     # the Debian image's own defaults (networkd, journald, sshd) are not imposed on the base
     assert (
         "File not found"

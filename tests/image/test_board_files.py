@@ -10,7 +10,7 @@ from fieldsync.agent.config import load_config
 BOARD = Path(__file__).resolve().parents[2] / "board"
 
 
-UNITS = BOARD / "rootfs/etc/systemd/system"
+UNITS = BOARD / "rootfs/usr/lib/systemd/system"
 
 
 def read_unit(name: str) -> configparser.ConfigParser:
@@ -56,7 +56,7 @@ def test_agent_unit_hardening():
         assert any(database.path.is_relative_to(p) for p in writable)
         assert any(database.path.is_relative_to(p) for p in needed)
     assert service["ExecStart"].split()[:4] == [
-        "/usr/local/bin/fieldsync",
+        "/usr/bin/fieldsync",
         "agent",
         "--config",
         "/etc/fieldsync/fieldsync.toml",
@@ -80,4 +80,4 @@ def test_firstboot_unit_runs_before_network_ssh_and_agent_and_only_when_needed()
     # triggering conditions (OR-ed with '|'): not yet stamped, or settings on the boot partition
     assert "ConditionPathExists=|!/var/lib/fieldsync/firstboot.done" in text
     assert "ConditionPathExists=|/boot/firmware/fieldsync-settings.toml" in text
-    assert unit["Service"]["ExecStart"].endswith("/usr/local/lib/fieldsync/firstboot.py run")
+    assert unit["Service"]["ExecStart"].endswith("/usr/lib/fieldsync/firstboot.py run")

@@ -134,8 +134,12 @@ def test_fstab(built_image):
 def test_units_enabled(built_image):
     sysinit = "/etc/systemd/system/sysinit.target.wants"
     for wants, unit, target in (
-        (WANTS, "fieldsync-agent.service", "/etc/systemd/system/fieldsync-agent.service"),
-        (WANTS, "fieldsync-firstboot.service", "/etc/systemd/system/fieldsync-firstboot.service"),
+        (WANTS, "fieldsync-agent.service", "/usr/lib/systemd/system/fieldsync-agent.service"),
+        (
+            WANTS,
+            "fieldsync-firstboot.service",
+            "/usr/lib/systemd/system/fieldsync-firstboot.service",
+        ),
         (WANTS, "ssh.service", None),
         (WANTS, "systemd-networkd.service", None),
         (sysinit, "systemd-timesyncd.service", None),
@@ -145,17 +149,25 @@ def test_units_enabled(built_image):
         assert "Type: symlink" in out, f"{unit} is not enabled: {out}"
         if target:
             assert f'Fast link dest: "{target}"' in out, out
-    assert inode_mode(built_image, 3, "/etc/systemd/system/fieldsync-agent.service") == (
+    assert inode_mode(built_image, 3, "/usr/lib/systemd/system/fieldsync-agent.service") == (
         "regular",
         0o644,
     )
 
 
 def test_files_and_modes(built_image):
-    assert inode_mode(built_image, 3, "/usr/local/bin/fieldsync") == ("regular", 0o755)
-    assert inode_mode(built_image, 3, "/usr/local/lib/fieldsync/firstboot.py") == ("regular", 0o755)
+    assert inode_mode(built_image, 3, "/opt/fieldsync/bin/fieldsync") == ("regular", 0o755)
+    assert inode_mode(built_image, 3, "/usr/bin/fieldsync")[0] == "symlink"
+    assert inode_mode(built_image, 3, "/usr/lib/fieldsync/firstboot.py") == ("regular", 0o755)
     assert inode_mode(built_image, 3, "/etc/fieldsync/fieldsync.toml") == ("regular", 0o644)
-    assert inode_owner(built_image, 3, "/usr/local/bin/fieldsync") == (0, 0)
+    assert inode_owner(built_image, 3, "/opt/fieldsync/bin/fieldsync") == (0, 0)
+    # installed by dpkg from the package (one installation route), byte code compiled
+    status = debugfs(built_image, 3, "cat /var/lib/dpkg/status")
+    stanza = status.split("Package: fieldsync\n", 1)[1].split("\n\n", 1)[0]
+    assert "Status: install ok installed" in stanza and "Architecture: arm64" in stanza
+    assert "__pycache__" in debugfs(
+        built_image, 3, "ls /opt/fieldsync/lib/python3.11/site-packages/fieldsync"
+    )
     config = tomllib.loads(debugfs(built_image, 3, "cat /etc/fieldsync/fieldsync.toml"))
     assert config["listener"]["interface"] == "wlan0"
     assert config["keystore"] == "/var/lib/fieldsync/keys"
@@ -197,12 +209,11 @@ mnt=$(mktemp -d)
 mount -o ro,loop,noload,offset=$1 "$2" "$mnt"
 mount -t proc proc "$mnt/proc"
 mount --rbind /dev "$mnt/dev"
-chroot "$mnt" /usr/bin/python3 -I -c '
-import sys; sys.path.insert(0, "/usr/local/lib/fieldsync/python")
+chroot "$mnt" /opt/fieldsync/bin/python3 -I -c '
 import platform, fieldsync, cryptography, websockets, zeroconf, netifaces, pyudev, uvloop
 import fieldsync.agent.config, fieldsync.cli.main
 print(platform.machine(), fieldsync.__version__, websockets.__version__)'
-chroot "$mnt" /usr/local/bin/fieldsync --version
+chroot "$mnt" /usr/bin/fieldsync --version
 """
     result = subprocess.run(
         ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh",

@@ -94,6 +94,19 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     export.add_argument("alias")
     export.add_argument("--out", type=Path, help="output file (default: standard output)")
     export.add_argument("--leaf-only", action="store_true", help="only the identity's own cert")
+    export.add_argument(
+        "--qr",
+        type=Path,
+        metavar="FILE.png",
+        help="instead, write a pairing QR code (PNG) with this certificate's SHA-256 and the "
+        "URLs (--url, else those of the running agent serving this identity)",
+    )
+    export.add_argument(
+        "--url",
+        action="append",
+        default=[],
+        help="with --qr: a wss://host:port/database URL for the code (repeatable)",
+    )
     export.set_defaults(func=_guarded(_export))
 
     delete = commands.add_parser("delete", parents=[common], help="delete an identity")
@@ -263,12 +276,54 @@ def _export(args: argparse.Namespace) -> int:
     identity = TLSIdentity.get_identity(args.alias, keystore=keystore)
     if identity is None:
         raise _CommandError(f"no identity {args.alias!r} in {keystore.path}")
+    if args.qr is not None:
+        return _export_qr(args, identity)
     pem = identity.certificate_pem(chain=not args.leaf_only)
     if args.out is None:
         sys.stdout.write(pem)
     else:
         args.out.write_text(pem, encoding="ascii")
     return 0
+
+
+def _export_qr(args: argparse.Namespace, identity: TLSIdentity) -> int:
+    """``export --qr FILE.png``: the pairing payload of this identity as a PNG image."""
+    from urllib.parse import urlsplit
+
+    from fieldsync.pairing import PairingError, encode, pairing_info, write_png
+
+    urls = list(args.url)
+    if not urls:
+        urls = _agent_urls(identity.fingerprint_sha256)
+    if not urls:
+        raise _CommandError(
+            "no URLs for the code: the agent is not serving this identity; give --url "
+            "wss://HOST:PORT/DATABASE"
+        )
+    databases = [urlsplit(url).path.strip("/").split("/")[0] for url in urls]
+    try:
+        payload = encode(
+            pairing_info(urls, [d for d in databases if d], identity.fingerprint_sha256)
+        )
+    except PairingError as exc:
+        raise _CommandError(str(exc)) from None
+    write_png(payload, args.qr)
+    print(f"wrote {args.qr}: {payload}")
+    return 0
+
+
+def _agent_urls(fingerprint: str) -> list[str]:
+    """The running agent's URLs when it serves the identity with this fingerprint, else []."""
+    from fieldsync.agent.control import ControlError, query_status
+    from fieldsync.cli.status import default_socket_path
+
+    try:
+        document = query_status(default_socket_path())
+    except ControlError:
+        return []
+    if ((document.get("tls") or {}).get("fingerprint") or "") != fingerprint:
+        return []
+    return [str(url) for url in document.get("urls") or []]
 
 
 def _delete(args: argparse.Namespace) -> int:

@@ -45,6 +45,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument("--json", action="store_true", help="print the raw status document")
     parser.add_argument(
+        "--qr",
+        action="store_true",
+        help="print a QR code of the connection details (URLs, databases, certificate "
+        "SHA-256) for a phone app to scan (payload: see fieldsync.pairing)",
+    )
+    parser.add_argument(
         "--watch",
         nargs="?",
         type=_positive_float,
@@ -57,6 +63,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def run(args: argparse.Namespace) -> int:
     socket_path = args.socket or default_socket_path()
+    if args.qr:
+        return show_qr(socket_path, out=sys.stdout, err=sys.stderr)
     if args.watch is None:
         return show_once(socket_path, as_json=args.json, out=sys.stdout, err=sys.stderr)
     return watch(socket_path, args.watch, as_json=args.json)
@@ -94,6 +102,28 @@ def show_once(socket_path: str, *, as_json: bool, out: TextIO, err: TextIO) -> i
         print(reason, file=err)
         return EXIT_NOT_SERVING
     return EXIT_SERVING
+
+
+def show_qr(socket_path: str, *, out: TextIO, err: TextIO) -> int:
+    """Print the pairing QR code of the running agent (and its payload); the exit status is
+    that of :func:`show_once` (1 when it is not serving: the URLs may then be empty)."""
+    from fieldsync.pairing import PairingError, encode, from_status, print_terminal
+
+    try:
+        document = query_status(socket_path)
+    except ControlError as exc:
+        print(exc.strerror or str(exc), file=err)
+        return EXIT_UNREACHABLE
+    try:
+        payload = encode(from_status(document))
+    except PairingError as exc:
+        print(f"fieldsync status: cannot make a pairing code: {exc}", file=err)
+        return EXIT_NOT_SERVING
+    reason = not_serving_reason(document)
+    if reason:
+        print(reason, file=err)
+    print_terminal(payload, out)
+    return EXIT_NOT_SERVING if reason else EXIT_SERVING
 
 
 def watch(socket_path: str, interval: float, *, as_json: bool) -> int:

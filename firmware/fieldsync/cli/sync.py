@@ -8,6 +8,10 @@ import contextlib
 import signal
 import ssl
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from fieldsync.replication.stats import ReplicationStats
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -42,6 +46,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--client-key", type=Path, metavar="PEM", help="its private key (PEM)")
     parser.add_argument("--no-delta-sync", action="store_true", help="never use deltas")
+    parser.add_argument(
+        "--quiet", action="store_true", help="no progress lines (only the summary at the end)"
+    )
     parser.set_defaults(func=sync)
 
 
@@ -103,7 +110,15 @@ def sync(args: argparse.Namespace) -> int:
         for signum in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(signum, replicator.stop)
-        return await replicator.run()
+        if args.quiet:
+            return await replicator.run()
+        reporter = loop.create_task(_report_progress(replicator.stats, args.direction))
+        try:
+            return await replicator.run()
+        finally:
+            reporter.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reporter
 
     try:
         result = asyncio.run(main())
@@ -118,3 +133,17 @@ def sync(args: argparse.Namespace) -> int:
         + (f" (last: {result.last_error})" if result.last_error else "")
     )
     return 0 if result.errors == 0 else 1
+
+
+async def _report_progress(stats: ReplicationStats, direction: str) -> None:
+    """Documents and bytes moved so far, and the rate, on stderr (fieldsync.progress)."""
+    from fieldsync.progress import Progress
+
+    progress = Progress(direction)
+    try:
+        while True:
+            progress.update(stats.docs_in + stats.docs_out, stats.bytes_in + stats.bytes_out)
+            await asyncio.sleep(0.25)
+    finally:
+        progress.update(stats.docs_in + stats.docs_out, stats.bytes_in + stats.bytes_out)
+        progress.finish()
