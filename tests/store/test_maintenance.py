@@ -410,3 +410,12 @@ def test_schema_upgrade_from_version_1(v1_database: Path) -> None:
         assert db.engine.query("PRAGMA user_version")[0][0] >= 2
         db.default_collection.set_document_expiration("doc-1", 5.0)
         assert db.default_collection.get_document("doc-1") is not None
+
+
+def test_purge_forgets_what_phones_showed_of_the_document(coll: Collection) -> None:
+    doc = coll.save_document("p", {"v": 1})
+    coll.set_peer_legacy("p", "phone-1", doc.rev_id)
+    assert coll.get_peer_legacy("p", "phone-1") == doc.rev_id
+    coll.purge("p")
+    coll.save_document("p", {"v": "new life"})
+    assert coll.get_peer_legacy("p", "phone-1") is None

@@ -334,7 +334,13 @@ class BlobStore:
             yield digest
 
     def total_size(self) -> int:
-        return sum(entry.stat().st_size for entry in self.path.iterdir() if entry.is_file())
+        """Bytes of every file in the directory (a file a writer renames meanwhile is skipped)."""
+        total = 0
+        for entry in self.path.iterdir():
+            with contextlib.suppress(FileNotFoundError):
+                if entry.is_file():
+                    total += entry.stat().st_size
+        return total
 
     def _remove_stale_temp_files(self) -> None:
         cutoff = time.time() - _STALE_TEMP_SECONDS

@@ -41,11 +41,16 @@ def add_expiry_table(conn: sqlite3.Connection) -> None:
     conn.execute(EXPIRY_INDEX)
 
 
-def _has_table(conn: sqlite3.Connection) -> bool:
+def _has_table(conn: sqlite3.Connection, name: str = "doc_expiry") -> bool:
     row = conn.execute(
-        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'doc_expiry'"
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)
     ).fetchone()
     return row is not None
+
+
+#: Tables of per-document facts keyed by (collection, doc_id) that a purge must erase too
+#: (vv-core's ``peer_legacy``: a re-created document must not inherit a phone's legacy revID).
+_PER_DOCUMENT_TABLES = ("doc_expiry", "peer_legacy")
 
 
 # -- wake-ups for running housekeepers ------------------------------------------------------
@@ -131,15 +136,18 @@ def next_expiration(engine: Engine) -> float | None:
 
 
 def purge_in(conn: sqlite3.Connection, collection_id: int, doc_id: str) -> bool:
-    """Erase a document, its revisions and its expiration inside the caller's write
-    transaction; ``True`` if it existed."""
+    """Erase a document, its revisions and every per-document fact (expiration, phones'
+    legacy revIDs) inside the caller's write transaction; ``True`` if it existed. The one
+    place that erases a document: purge, expiration and tombstone purge all come here."""
     row = conn.execute(
         "SELECT id FROM docs WHERE collection = ? AND doc_id = ?", (collection_id, doc_id)
     ).fetchone()
-    if _has_table(conn):
-        conn.execute(
-            "DELETE FROM doc_expiry WHERE collection = ? AND doc_id = ?", (collection_id, doc_id)
-        )
+    for table in _PER_DOCUMENT_TABLES:
+        if _has_table(conn, table):
+            conn.execute(
+                f"DELETE FROM {table} WHERE collection = ? AND doc_id = ?",
+                (collection_id, doc_id),
+            )
     if row is None:
         return False
     conn.execute("DELETE FROM revs WHERE doc = ?", (row[0],))
