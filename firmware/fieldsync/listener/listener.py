@@ -23,6 +23,7 @@ from websockets.http11 import Request, Response
 from fieldsync.blip import BLIPSession
 from fieldsync.blip.limits import MAX_WEBSOCKET_MESSAGE
 from fieldsync.listener import handshake
+from fieldsync.listener.authguard import AuthGuard, Busy, TooManyFailures
 from fieldsync.listener.config import (
     URLEndpointListenerConfiguration,
     is_certificate_authenticator,
@@ -33,11 +34,10 @@ from fieldsync.listener.sockets import (
     open_listening_socket,
     usable_addresses,
 )
-from fieldsync.replication.messages import LISTENER_SUBPROTOCOLS
+from fieldsync.replication.messages import SUPPORTED_SUBPROTOCOLS
 from fieldsync.replication.notifier import ChangeNotifier
 from fieldsync.replication.passive import PassiveReplicator
 from fieldsync.replication.stats import ReplicationStats
-from fieldsync.replication.versioning import WireFormat
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +109,7 @@ class URLEndpointListener:
         self._connections: dict[ServerConnection, ConnectionInfo] = {}
         self._pending: dict[int, tuple[str, str, str | None]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._auth_guard = AuthGuard()
 
     # -- public API ---------------------------------------------------------------------------
 
@@ -156,7 +157,7 @@ class URLEndpointListener:
                 self._handle_connection,
                 sock=sock,
                 ssl=self._ssl_context,
-                subprotocols=list(LISTENER_SUBPROTOCOLS),
+                subprotocols=list(SUPPORTED_SUBPROTOCOLS),
                 select_subprotocol=self._select_subprotocol,
                 process_request=self._process_request,
                 compression=None,
@@ -260,7 +261,29 @@ class URLEndpointListener:
         user = None
         authenticator = self.config.authenticator
         if authenticator is not None:
-            result = await self._authenticate(connection, request, authenticator)
+            from fieldsync.listener.auth import authenticate_request
+
+            chain = _client_chain(connection)  # read on the loop; checked in a worker thread
+            checked = await self._auth_guard.check(
+                _peer_host(connection),
+                lambda: authenticate_request(
+                    authenticator,
+                    authorization_header=request.headers.get("Authorization"),
+                    peer_chain=chain,
+                ),
+                lambda outcome: outcome.ok,
+            )
+            if isinstance(checked, TooManyFailures | Busy):  # answered without hashing
+                status = 429 if isinstance(checked, TooManyFailures) else 503
+                log.info("%s: authentication refused with %d (failed logins)", peer, status)
+                return _http_error(
+                    status,
+                    "too many failed logins from this address; retry later"
+                    if status == 429
+                    else "busy checking logins; retry later",
+                    (("Retry-After", str(checked.retry_after)),),
+                )
+            result = checked
             if not result.ok:
                 log.warning("%s: authentication failed: %s", peer, result.reason)
                 challenge: tuple[tuple[str, str], ...] = ()
@@ -272,27 +295,6 @@ class URLEndpointListener:
             user = result.username
         self._pending[id(connection)] = (decision.database_name, decision.subprotocol, user)
         return None
-
-    async def _authenticate(
-        self, connection: ServerConnection, request: Request, authenticator: Any
-    ) -> Any:
-        """Check Basic credentials or the client's certificate chain (off the event loop:
-        password hashing takes tens of milliseconds)."""
-        from fieldsync.listener.auth import authenticate_request
-        from fieldsync.tls.context import peer_certificate_chain
-
-        chain = []
-        ssl_object = connection.transport.get_extra_info("ssl_object")
-        if ssl_object is not None:
-            chain = peer_certificate_chain(ssl_object)
-        return await asyncio.get_running_loop().run_in_executor(
-            None,
-            lambda: authenticate_request(
-                authenticator,
-                authorization_header=request.headers.get("Authorization"),
-                peer_chain=chain,
-            ),
-        )
 
     # -- connections --------------------------------------------------------------------------
 
@@ -316,7 +318,6 @@ class URLEndpointListener:
             read_only=self.config.read_only,
             enable_delta_sync=self.config.enable_delta_sync,
             stats=info.stats,
-            wire=WireFormat.for_subprotocol(subprotocol),
         )
         log.info(
             "%s: connected to /%s%s (%s)",
@@ -340,6 +341,21 @@ class URLEndpointListener:
                 stats.errors,
                 f" (last: {stats.last_error})" if stats.last_error else "",
             )
+
+
+def _client_chain(connection: ServerConnection) -> list[Any]:
+    """The client's TLS certificate chain (leaf first); empty without TLS or a certificate."""
+    from fieldsync.tls.context import peer_certificate_chain
+
+    ssl_object = connection.transport.get_extra_info("ssl_object")
+    return peer_certificate_chain(ssl_object) if ssl_object is not None else []
+
+
+def _peer_host(connection: ServerConnection) -> str:
+    """The client's address without its port (failed logins are counted per address)."""
+    address = connection.remote_address
+    host = str(address[0]) if address else "peer"
+    return host[7:] if host.startswith("::ffff:") else host
 
 
 def _peer_name(connection: ServerConnection) -> str:
