@@ -34,10 +34,11 @@ from fieldsync.listener.sockets import (
     open_listening_socket,
     usable_addresses,
 )
-from fieldsync.replication.messages import SUPPORTED_SUBPROTOCOLS
+from fieldsync.replication.messages import LISTENER_SUBPROTOCOLS
 from fieldsync.replication.notifier import ChangeNotifier
 from fieldsync.replication.passive import PassiveReplicator
 from fieldsync.replication.stats import ReplicationStats
+from fieldsync.replication.versioning import WireFormat
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +158,7 @@ class URLEndpointListener:
                 self._handle_connection,
                 sock=sock,
                 ssl=self._ssl_context,
-                subprotocols=list(SUPPORTED_SUBPROTOCOLS),
+                subprotocols=list(LISTENER_SUBPROTOCOLS),
                 select_subprotocol=self._select_subprotocol,
                 process_request=self._process_request,
                 compression=None,
@@ -318,6 +319,7 @@ class URLEndpointListener:
             read_only=self.config.read_only,
             enable_delta_sync=self.config.enable_delta_sync,
             stats=info.stats,
+            wire=WireFormat.for_subprotocol(subprotocol),
         )
         log.info(
             "%s: connected to /%s%s (%s)",
