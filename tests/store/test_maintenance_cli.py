@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import time
 from pathlib import Path
 
 import pytest
 
+from fieldsync.cli import db as db_cli
 from fieldsync.cli.db import parse_when
-from fieldsync.cli.main import main
 from fieldsync.store import Database
+
+
+def main(argv: list[str]) -> int:
+    """``fieldsync db …`` through the same parser the CLI builds (only the db commands)."""
+    parser = argparse.ArgumentParser(prog="fieldsync")
+    db_cli.register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(argv)
+    return int(args.func(args))
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -39,7 +48,7 @@ def test_compact_reports_and_records(capsys: pytest.CaptureFixture[str], dbpath:
     assert status == 0
     result = json.loads(out)
     assert result["kind"] == "compact" and result["blobs_removed"] == 1
-    assert "compact: blobs 1/1" in err  # progress on stderr
+    assert "compact blobs: 1/1 blobs" in err  # progress on stderr
     status, out, _ = run(capsys, "db", "--db", dbpath, "info", "--json")
     assert json.loads(out)["last_maintenance"].startswith("compact at ")
 

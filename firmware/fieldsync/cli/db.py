@@ -28,8 +28,9 @@ import sys
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
+from fieldsync.progress import Progress
 from fieldsync.store import (
     Collection,
     Database,
@@ -317,33 +318,30 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 class ProgressPrinter:
-    """Progress of long maintenance on stderr: one rewritten line on a terminal, otherwise a
-    line per phase and at most one every few seconds (for logs)."""
+    """Maintenance progress on stderr, one ``fieldsync.progress.Progress`` line per phase
+    (``compact blobs: 120/400 blobs (30%) …``): rewritten in place on a terminal, a line every
+    few seconds into a log."""
 
-    def __init__(self, prefix: str, stream: Any = None) -> None:
+    def __init__(self, prefix: str, stream: TextIO | None = None) -> None:
         self._prefix = prefix
-        self._stream = stream if stream is not None else sys.stderr
-        self._tty = bool(getattr(self._stream, "isatty", lambda: False)())
+        self._stream = stream
         self._phase = ""
-        self._last = 0.0
+        self._progress: Progress | None = None
 
     def __call__(self, phase: str, done: int, total: int) -> None:
-        now = time.monotonic()
-        changed = phase != self._phase
-        if not changed and now - self._last < (0.2 if self._tty else 5.0) and done != total:
-            return
-        self._phase, self._last = phase, now
-        text = f"{self._prefix}: {phase} {done}/{total}" if total else f"{self._prefix}: {phase}"
-        if self._tty:
-            self._stream.write("\r\x1b[K" + text)
-        else:
-            self._stream.write(text + "\n")
-        self._stream.flush()
+        if phase != self._phase or self._progress is None:
+            self.finish()
+            self._phase = phase
+            self._progress = Progress(
+                f"{self._prefix} {phase}", unit=phase, total=total or None, out=self._stream
+            )
+        self._progress.total = total or None
+        self._progress.update(done)
 
     def finish(self) -> None:
-        if self._tty and self._phase:
-            self._stream.write("\r\x1b[K")
-            self._stream.flush()
+        if self._progress is not None:
+            self._progress.finish()
+            self._progress = None
 
 
 _DELAY = re.compile(r"\+(\d+(?:\.\d+)?)([smhd])")
