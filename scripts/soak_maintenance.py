@@ -394,6 +394,7 @@ def run_soak(args: argparse.Namespace) -> dict[str, Any]:
                 "round": round_no,
                 "docs_synced": pushed + pulled,
                 "sync_write_bytes": sync_bytes,
+                "sync_write_bytes_beyond_blobs": sync_bytes - args.replace * PHOTO_BYTES,
                 "maintenance_write_bytes": compacted["write_bytes"],
                 "sqlite_bytes": stats["sqlite_bytes"],
                 "blob_dir_bytes": stats["blob_dir_bytes"],
@@ -458,6 +459,9 @@ def run_soak(args: argparse.Namespace) -> dict[str, Any]:
             "docs_synced": synced_docs,
             "device_write_bytes_during_sync": sync_write_bytes,
             "device_write_bytes_per_synced_doc": round(sync_write_bytes / max(synced_docs, 1)),
+            "device_write_bytes_per_synced_doc_beyond_blob_bytes": round(
+                (sync_write_bytes - args.rounds * args.replace * PHOTO_BYTES) / max(synced_docs, 1)
+            ),
             "integrity_ok": check["ok"],
             "fresh_phone_docs": len(fresh_docs),
             "failures": failures,
@@ -523,6 +527,8 @@ def main() -> int:
         return 0
     started = time.monotonic()
     summary = run_soak(args)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(summary, indent=2) + "\n")  # kept if what follows fails
     summary["write_volume_small_docs"] = _notes_write_volume(args)
     summary["seconds"] = round(time.monotonic() - started, 1)
     summary["cpu_count"] = os.cpu_count()
