@@ -81,3 +81,18 @@ def test_firstboot_unit_runs_before_network_ssh_and_agent_and_only_when_needed()
     assert "ConditionPathExists=|!/var/lib/fieldsync/firstboot.done" in text
     assert "ConditionPathExists=|/boot/firmware/fieldsync-settings.toml" in text
     assert unit["Service"]["ExecStart"].endswith("/usr/lib/fieldsync/firstboot.py run")
+
+
+def test_firstboot_knows_when_the_keystore_has_its_own_partition(firstboot):
+    """A keystore named in /etc/fstab must be mounted before keys are made (the card); without
+    such a line (the package on a running system) a plain 0700 directory is the fallback."""
+    keys = Path("/var/lib/fieldsync/keys")
+    card = (
+        "LABEL=FS-ROOT  /  ext4  rw  0  1\n"
+        "# LABEL=OLD  /var/lib/fieldsync/keys  ext4  rw  0  2\n"
+        "LABEL=FS-KEYS  /var/lib/fieldsync/keys/  ext4  rw,nosuid,nodev,noexec,nofail  0  2\n"
+    )
+    assert firstboot.fstab_mounts(keys, card)
+    assert not firstboot.fstab_mounts(keys, card.splitlines(keepends=True)[0])
+    assert not firstboot.fstab_mounts(keys, "# LABEL=OLD /var/lib/fieldsync/keys ext4 rw 0 2\n")
+    assert not firstboot.fstab_mounts(keys, "")
