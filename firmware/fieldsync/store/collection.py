@@ -380,7 +380,10 @@ class Collection:
                     409, f"{rev.rev_id} does not descend from current revision {current}", current
                 )
         parent = chain[index] if index < len(chain) else None
-        parent_hlv = doc_versions.revision_vector(conn, row.id, parent) if row else None
+        if row is not None and parent == row.rev_id:
+            parent_hlv = doc_versions.parse_stored(row.hlv)
+        else:
+            parent_hlv = doc_versions.revision_vector(conn, row.id, parent) if row else None
         linear = row is None or parent == row.rev_id or (parent is None and row.deleted)
         if rev.from_vv_peer or (not linear and revid.generation(rev.rev_id) < 1 << 23):
             # A 4.x phone's legacy revision is named by its RTE version, so that phone sees it
@@ -624,6 +627,15 @@ class Collection:
             tree.drop_old_bodies(new_rev, db.keep_body_generations)
         winner = tree.winner()
         assert winner is not None
+        pending = {r: hlv for r, hlv in (vectors or {}).items() if r in tree.nodes}
+        winner_hlv = self._winner_vector(conn, row, winner.rev_id, pending)
+        base: str | None
+        if row is not None and row.base_legacy:
+            base = row.base_legacy
+        elif winner_hlv is not None and row is not None and row.hlv is None:
+            base = base_legacy or row.rev_id
+        else:
+            base = base_legacy
         if winner.rev_id in tree.added:
             body = tree.added[winner.rev_id]
             body_size = len(body) if body is not None else 0
@@ -633,9 +645,18 @@ class Collection:
             body_size = 0  # looked up below, once the document row exists
         if row is None:
             doc_key = conn.execute(
-                "INSERT INTO docs (collection, doc_id, sequence, rev_id, deleted, body_size) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (self.id, doc_id, sequence, winner.rev_id, winner.deleted, body_size),
+                "INSERT INTO docs (collection, doc_id, sequence, rev_id, deleted, body_size, "
+                "hlv, base_legacy) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    self.id,
+                    doc_id,
+                    sequence,
+                    winner.rev_id,
+                    winner.deleted,
+                    body_size,
+                    winner_hlv,
+                    base,
+                ),
             ).lastrowid
             assert doc_key is not None
         else:
@@ -655,12 +676,18 @@ class Collection:
         new_rows = []
         for rev_id, body in tree.added.items():
             node = tree.nodes[rev_id]
-            new_rows.append((doc_key, rev_id, node.parent, node.deleted, node.sequence, body))
+            hlv = pending.pop(rev_id, None)
+            hlv_text, cv_text = (str(hlv), str(hlv.cv)) if hlv is not None else (None, None)
+            new_rows.append(
+                (doc_key, rev_id, node.parent, node.deleted, node.sequence, body, hlv_text, cv_text)
+            )
         conn.executemany(
-            "INSERT INTO revs (doc, rev_id, parent, deleted, sequence, body) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO revs (doc, rev_id, parent, deleted, sequence, body, hlv, cv) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             new_rows,
         )
+        if pending:  # vectors given to revisions that were already stored
+            doc_versions.record_vectors(conn, doc_key, pending)
         if row is not None:
             if winner.rev_id not in tree.added and winner.rev_id != row.rev_id:
                 found = conn.execute(
@@ -669,27 +696,27 @@ class Collection:
                 ).fetchone()
                 body_size = (found[0] or 0) if found else 0
             conn.execute(
-                "UPDATE docs SET sequence = ?, rev_id = ?, deleted = ?, body_size = ? WHERE id = ?",
-                (sequence, winner.rev_id, winner.deleted, body_size, doc_key),
+                "UPDATE docs SET sequence = ?, rev_id = ?, deleted = ?, body_size = ?, hlv = ?, "
+                "base_legacy = ? WHERE id = ?",
+                (sequence, winner.rev_id, winner.deleted, body_size, winner_hlv, base, doc_key),
             )
-        if vectors:
-            kept = {rev_id: hlv for rev_id, hlv in vectors.items() if rev_id in tree.nodes}
-            doc_versions.record_vectors(conn, doc_key, kept)
-        found = conn.execute(
-            "SELECT hlv FROM revs WHERE doc = ? AND rev_id = ?", (doc_key, winner.rev_id)
-        ).fetchone()
-        winner_hlv = found[0] if found else None
-        base: str | None
-        if row is not None and row.base_legacy:
-            base = row.base_legacy
-        elif winner_hlv is not None and row is not None and row.hlv is None:
-            base = base_legacy or row.rev_id
-        else:
-            base = base_legacy
-        conn.execute(
-            "UPDATE docs SET hlv = ?, base_legacy = ? WHERE id = ?", (winner_hlv, base, doc_key)
-        )
         return winner.rev_id
+
+    @staticmethod
+    def _winner_vector(
+        conn: sqlite3.Connection, row: _DocRow | None, winner: str, vectors: dict[str, HLV]
+    ) -> str | None:
+        """The stored vector text of the winning revision."""
+        if winner in vectors:
+            return str(vectors[winner])
+        if row is None:
+            return None
+        if winner == row.rev_id:
+            return row.hlv
+        found = conn.execute(
+            "SELECT hlv FROM revs WHERE doc = ? AND rev_id = ?", (row.id, winner)
+        ).fetchone()
+        return str(found[0]) if found and found[0] is not None else None
 
 
 def _own_time(a: HLV, b: HLV, me: SourceID) -> int:

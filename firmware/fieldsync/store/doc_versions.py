@@ -4,7 +4,7 @@ the per-document vector bookkeeping ``Collection`` does on every write (VV-NOTES
 Layout (schema version 3, added in place to older files):
 
 * ``peer_info``: ``source_id`` (this database's 22-character source ID, random, made once) and
-  the hybrid logical clock's state (``hlc_last``, ``hlc_peer_time``, ``hlc_peer_wall``). The
+  ``hlc``, the hybrid logical clock's state (last time, newest phone time, wall then). The
   clock is read and written inside each write transaction, so several processes sharing the
   file still stamp strictly increasing times.
 * ``docs.hlv``: the current revision's vector in LiteCore's spelling; ``NULL`` for a document
@@ -55,7 +55,8 @@ CREATE TABLE peer_legacy (
 """
 
 _SOURCE_KEY = "source_id"
-_CLOCK_KEYS = ("hlc_last", "hlc_peer_time", "hlc_peer_wall")
+#: One row: "<last> <newest phone time seen> <device wall clock when it was seen>" (ns).
+_CLOCK_KEY = "hlc"
 
 
 def add_version_vectors(conn: sqlite3.Connection) -> None:
@@ -95,21 +96,16 @@ class DeviceVersions:
         return self._source
 
     def _load_clock(self, conn: sqlite3.Connection) -> HybridLogicalClock:
-        placeholders = ",".join("?" * len(_CLOCK_KEYS))
-        rows = dict(
-            conn.execute(
-                f"SELECT key, value FROM peer_info WHERE key IN ({placeholders})", _CLOCK_KEYS
-            ).fetchall()
-        )
-        state = ClockState(*(int(rows.get(key, 0)) for key in _CLOCK_KEYS))
+        row = conn.execute("SELECT value FROM peer_info WHERE key = ?", (_CLOCK_KEY,)).fetchone()
+        state = ClockState(*(int(part) for part in str(row[0]).split())) if row else ClockState()
         return HybridLogicalClock(state, self.wall)
 
     @staticmethod
     def _save_clock(conn: sqlite3.Connection, clock: HybridLogicalClock) -> None:
         state = clock.state
-        conn.executemany(
+        conn.execute(
             "INSERT OR REPLACE INTO peer_info (key, value) VALUES (?, ?)",
-            zip(_CLOCK_KEYS, (state.last, state.peer_time, state.peer_wall), strict=True),
+            (_CLOCK_KEY, f"{state.last} {state.peer_time} {state.peer_wall}"),
         )
 
     def stamp(self, conn: sqlite3.Connection, *, after: int = 0) -> Version:
