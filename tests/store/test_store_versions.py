@@ -439,3 +439,27 @@ def test_4x_phone_saving_over_a_legacy_revision_it_pushed(coll: Collection) -> N
     assert coll.check_proposed_version("d", Version.parse(ver(PHONE, 1)), rev_r2) == (0, None)
     [r] = coll.insert_versioned([pushed("d", ver(PHONE, 1), rev_r2)])
     assert r.status == 201
+
+
+def test_phone_upgraded_after_syncing_over_cbmobile3_is_not_a_conflict(coll: Collection) -> None:
+    """A 3.x-era phone pulled R (which has a device version here), upgraded to 4.x and saved
+    its first version over R: lastLegacyRevID R = our current revID, so it is an update
+    (found by vv-wire with a real LiteCore 4.1 phone)."""
+    body = b'{"n":1}'
+    rev_r = revid.make(None, False, body)
+    coll.insert_revisions([IncomingRevision("u1", rev_r, [], False, body, True)])
+    before = coll.get_versions("u1")
+    assert before is not None and before.hlv is not None
+    assert coll.check_proposed_version("u1", Version.parse(ver(PHONE, 1)), rev_r) == (0, None)
+    [r] = coll.insert_versioned([pushed("u1", ver(PHONE, 1), rev_r, {"n": 2}, peer="p")])
+    assert r.status == 201
+    after = coll.get_versions("u1")
+    assert after is not None and after.hlv is not None
+    assert coll.rev_history("u1", after.rev_id)[1] == rev_r
+    assert after.hlv.contains(before.hlv.cv)  # the device's version is kept as a pv
+    # its next save carries the same lastLegacyRevID: still an update
+    [r] = coll.insert_versioned([pushed("u1", ver(PHONE, 2), rev_r, {"n": 3}, peer="p")])
+    assert r.status == 201
+    # a phone that held R but whose edit is older than what we have now: conflict
+    [r] = coll.insert_versioned([pushed("u1", ver(OTHER_PHONE, 3), rev_r, peer="q")])
+    assert r.status == 409

@@ -545,7 +545,7 @@ class Collection:
         if row is not None:
             chain = [row.rev_id]
             legacy = list(incoming.legacy)
-            if row.hlv is None and row.rev_id in legacy[1:]:
+            if row.rev_id in legacy[1:]:
                 # The phone had newer legacy revisions than ours: they become body-less
                 # ancestors of the new revision (Sync Gateway aligns its tree the same way).
                 newer = legacy[: legacy.index(row.rev_id)]

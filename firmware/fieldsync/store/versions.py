@@ -658,17 +658,29 @@ def decide_proposed(
 
 
 def decide_incoming(current: DocVersions | None, incoming: VersionWithLegacy) -> Order:
-    """How a received revision relates to the stored document (§3.1/§3.3, incoming first):
-    NEWER store it; SAME/OLDER nothing to store; CONFLICT refuse (409)."""
+    """How a revision a 4.x phone pushed relates to the stored document, incoming first:
+    NEWER store it; SAME/OLDER nothing to store; CONFLICT refuse (409).
+
+    * A legacy document (no vector) is compared as LiteCore does (§3.3): the phone's legacy
+      tail must reach the document's revID.
+    * A document with a vector is compared by vectors (§3.1), as Sync Gateway does for 4.x
+      pushes: every write on the device updates the vector, so a phone that holds the current
+      cv has seen every change. If the vectors conflict but the phone's legacy tail names the
+      current revID, the phone edited that very revision, which it held as a legacy revision
+      (it synced over CBMobile_3, then upgraded): NEWER, not a spurious conflict.
+    """
     if current is None:
         return Order.NEWER
-    order = compare_with_legacy(incoming, current.with_legacy())
-    hlv = current.hlv
-    if order is Order.CONFLICT and hlv is not None and legacy_matches(current.rev_id, hlv.cv):
-        # The current revision is a legacy revision a 4.x phone pushed (named by its RTE
-        # version): that phone still holds it as a legacy revision, so compare it that way too.
-        order = compare_with_legacy(incoming, VersionWithLegacy(None, (current.rev_id,)))
     vector = incoming.vector
+    hlv = current.hlv
+    if hlv is None:
+        order = compare_with_legacy(incoming, VersionWithLegacy(None, (current.rev_id,)))
+    elif vector is None:
+        order = compare_with_legacy(incoming, current.with_legacy())
+    else:
+        order = compare_vectors(vector, hlv)
+        if order is Order.CONFLICT and current.rev_id in incoming.legacy and not current.deleted:
+            order = Order.NEWER
     if (
         order is Order.CONFLICT
         and current.deleted
