@@ -169,6 +169,15 @@ def purge_expired(engine: Engine, now: float, progress: Progress | None = None) 
     """Purge every document whose expiration is at or before ``now``; return how many were
     purged. Works in short transactions of ``PURGE_BATCH`` documents."""
     purged = 0
+    with engine.locked() as conn:  # a read first: no write transaction when nothing is due
+        if (
+            not _has_table(conn)
+            or conn.execute(
+                "SELECT 1 FROM doc_expiry WHERE expires_at <= ? LIMIT 1", (now,)
+            ).fetchone()
+            is None
+        ):
+            return 0
     while True:
         with engine.write() as conn:
             if not _has_table(conn):

@@ -393,7 +393,8 @@ def peer_floor(conn: sqlite3.Connection, now: float, peer_retention: float) -> i
         parsed = _json_object(value)
         if parsed is not None and "local" in parsed:  # we push upstream
             consider("active:" + key, json.dumps(parsed, sort_keys=True), parsed["local"])
-    _save_local(conn, PEERS_SEEN_KEY, current)
+    if current != seen:  # no needless rewrite when no checkpoint moved
+        _save_local(conn, PEERS_SEEN_KEY, current)
     return min(floors) if floors else None
 
 
