@@ -1,9 +1,11 @@
 """fieldsync's embedded document store: SQLite (WAL) with Couchbase Lite's data model.
 
 A database is a directory with ``db.sqlite3`` and ``blobs/``. It holds scopes and collections of
-JSON documents with revision trees (all leaves kept, LiteCore's winner rules, bounded depth),
-per-collection sequences and changes feeds, content-addressed blobs, peer checkpoints and local
-values. It knows nothing of the network.
+JSON documents with revision trees (all leaves kept, LiteCore's winner rules, bounded depth)
+and, beside each tree, a version vector (``versions``: the CBMobile_4 spelling; every write
+updates both, ``doc_versions`` keeps them in SQLite), per-collection sequences and changes
+feeds, content-addressed blobs, peer checkpoints and local values. It knows nothing of the
+network.
 """
 
 from fieldsync.store.blobs import BlobStore, BlobWriter, DigestMismatch, compute_digest, find_blobs
