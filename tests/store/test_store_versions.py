@@ -65,9 +65,11 @@ def test_local_writes_update_tree_and_vector(coll: Collection, db: Database) -> 
     # every revision keeps the vector it had
     rev1 = coll.get_revision("d", first.rev_id)
     assert rev1 is not None and rev1.version == first.version
-    assert coll.get_revision_by_version("d", second.version.cv) is not None
-    document = coll.get_document("x")
-    assert document is None
+    by_version = coll.get_revision_by_version("d", second.version.cv)
+    assert by_version is not None and by_version.rev_id == second.rev_id
+    assert by_version.body is not None and json.loads(by_version.body) == {"v": 2}
+    assert coll.has_version("d", first.version.cv) and coll.has_version("d", first.rev_id)
+    assert not coll.has_version("d", Version(NOW, PHONE))
 
 
 def test_clock_strictly_increasing_across_two_processes_on_one_file(tmp_path: Path) -> None:

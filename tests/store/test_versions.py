@@ -690,3 +690,18 @@ def test_hlc_monotonic_property(events: list[int | None]) -> None:
         else:
             clock.see(Version(event, SourceID(A)))
             last = max(last, event)
+
+
+@pytest.mark.parametrize(
+    "text", ["f9aebde0-6044-4474-a746", "f9aebde06044-4474-a746-9d86912d5a6f0", "z" * 36, 7, ""]
+)
+def test_bad_uuid(text: object) -> None:
+    with pytest.raises(BadVersion) as info:
+        SourceID.from_uuid(text)  # type: ignore[arg-type]
+    assert info.value.field == "uuid"
+
+
+def test_all_zero_uuid_is_not_a_source() -> None:
+    with pytest.raises(BadVersion) as info:
+        SourceID.from_uuid("00000000-0000-0000-0000-000000000000")
+    assert info.value.field == "uuid" and "me" in info.value.detail

@@ -44,6 +44,7 @@ STAMP_MARGIN_NS = 30 * 1_000_000_000
 
 _SOURCE_CHARS = 22
 _SOURCE_TEXT = re.compile(r"[A-Za-z0-9+/]{21}[AQgw]", re.ASCII)
+_UUID_TEXT = re.compile(r"[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}", re.ASCII)
 _HEX_TIME = re.compile(r"[0-9a-fA-F]{1,16}", re.ASCII)
 
 
@@ -53,6 +54,11 @@ class BadVersion(InvalidInput):
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"{field}: {message}")
         self.field = field
+        self.detail = message
+
+    def for_field(self, field: str) -> BadVersion:
+        """The same complaint about another field (a parser called on behalf of ``field``)."""
+        return BadVersion(field, self.detail)
 
 
 class Order(enum.Enum):
@@ -95,7 +101,7 @@ class SourceID:
         try:
             return cls(text)  # type: ignore[arg-type]
         except BadVersion as exc:
-            raise BadVersion(field, str(exc).split(": ", 1)[1]) from None
+            raise exc.for_field(field) from None
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> SourceID:
@@ -107,16 +113,12 @@ class SourceID:
     @classmethod
     def from_uuid(cls, text: str, field: str = "uuid") -> SourceID:
         """The source ID of a LiteCore peer from the ``uuid`` it sends in ``getCollections``."""
-        try:
-            raw = bytes.fromhex(text.replace("-", ""))
-        except (ValueError, AttributeError):
-            raw = b""
-        if len(raw) != 16 or not isinstance(text, str) or len(text) != 36:
+        if not isinstance(text, str) or _UUID_TEXT.fullmatch(text) is None:
             raise BadVersion(field, f"not a UUID: {text!r}")
         try:
-            return cls.from_bytes(raw)
+            return cls.from_bytes(bytes.fromhex(text.replace("-", "")))
         except BadVersion as exc:
-            raise BadVersion(field, str(exc).split(": ", 1)[1]) from None
+            raise exc.for_field(field) from None
 
     @classmethod
     def generate(cls) -> SourceID:
@@ -255,7 +257,7 @@ class HLV:
         try:
             return cls(current[0], tuple(current[1:]), tuple(previous))
         except BadVersion as exc:
-            raise BadVersion(field, str(exc).split(": ", 1)[1]) from None
+            raise exc.for_field(field) from None
 
     def __str__(self) -> str:
         """LiteCore's spelling: ``", "`` and ``"; "``; a merge without pvs ends with ``;``."""
@@ -547,7 +549,7 @@ def parse_rev_history(
     try:
         vector = HLV(cv, tuple(mvs), tuple(pvs))
     except BadVersion as exc:
-        raise BadVersion(history_field, str(exc).split(": ", 1)[1]) from None
+        raise exc.for_field(history_field) from None
     return VersionWithLegacy(vector, tuple(legacy))
 
 
@@ -584,7 +586,7 @@ def parse_full(text: object, field: str = "rev") -> VersionWithLegacy:
     try:
         vector = HLV(versions[0], tuple(versions[1:n_current]), tuple(versions[n_current:]))
     except BadVersion as exc:
-        raise BadVersion(field, str(exc).split(": ", 1)[1]) from None
+        raise exc.for_field(field) from None
     return VersionWithLegacy(vector, tuple(legacy))
 
 
