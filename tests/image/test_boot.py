@@ -340,6 +340,12 @@ def test_listener_reached_from_the_host(vm):
     # the listener presents the identity made at first boot on the secured partition
     assert fingerprint == fingerprint_in_keystore(vm)
     vm.first_fingerprint = fingerprint
+    # the pairing code a phone scans names the same certificate (fieldsync.pairing payload)
+    from fieldsync.pairing import decode
+
+    payload = decode(vm.ssh("fieldsync status --qr").stdout.strip().splitlines()[-1])
+    assert payload.sha256 == fingerprint
+    assert payload.urls and all(url.startswith("wss://") for url in payload.urls)
 
 
 def test_reboot_keeps_identity_host_keys_and_skips_first_boot(vm):
