@@ -35,9 +35,12 @@ class BLIPLimits:
     document; a message above it closes the connection (WebSocket 1009), checked while
     inflating, so a deflate bomb stops at the limit.
 
-    ``max_open_requests``: peer requests received and not yet answered (queued or being
-    handled). LiteCore keeps about 20 open; above the limit a request gets HTTP/503 at once,
-    and more than this many partially received requests close the connection (1008).
+    ``max_open_requests``: peer requests whose handlers run at once; more than this many
+    partially received requests close the connection (1008). Requests beyond it wait in a
+    queue bounded by ``max_queued_requests`` and ``max_queued_request_bytes``; only beyond
+    those a request gets HTTP/503 at once. LiteCore's pusher keeps up to 2 MiB of ``rev``
+    messages awaiting a reply (kMaxRevBytesAwaitingReply), ~2,000 open requests with 1 KB
+    documents, so the queue must hold that window or a normal push gets 503s.
 
     ``max_pending_replies``: bytes of our replies waiting to go out. While above it, new peer
     requests wait before their handlers run (replies are built only when there is room), so a
@@ -50,6 +53,8 @@ class BLIPLimits:
 
     max_message_size: int = 64 * 1024 * 1024
     max_open_requests: int = 100
+    max_queued_requests: int = 10_000
+    max_queued_request_bytes: int = 8 * 1024 * 1024
     max_pending_replies: int = 4 * 1024 * 1024
     send_timeout: float = 60.0
     ack_timeout: float = 120.0
@@ -59,6 +64,10 @@ class BLIPLimits:
             raise ValueError("max_message_size must be at least 1024 bytes")
         if self.max_open_requests < 1:
             raise ValueError("max_open_requests must be at least 1")
+        if self.max_queued_requests < 0 or self.max_queued_request_bytes < 0:
+            raise ValueError(
+                "max_queued_requests and max_queued_request_bytes must not be negative"
+            )
         if self.max_pending_replies < 0:
             raise ValueError("max_pending_replies must not be negative")
         if self.send_timeout <= 0 or self.ack_timeout <= 0:

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +26,7 @@ from fieldsync.replication.messages import (
     CHANGES_BATCH_SIZE,
     DEFAULT_MAX_HISTORY,
     MAX_CHANGE_LISTS_IN_FLIGHT,
+    MAX_REV_BYTES_AWAITING_REPLY,
     NOREV,
     REV,
     encode_json,
@@ -35,12 +38,15 @@ from fieldsync.replication.ports import ReplicatedCollection
 from fieldsync.replication.pushmodes import ChangesMode, PushMode
 from fieldsync.replication.sequences import SequenceTracker
 from fieldsync.replication.stats import ReplicationStats
-from fieldsync.store import Change, find_blobs
+from fieldsync.store import Change, Revision, find_blobs
 
 log = logging.getLogger(__name__)
 
-#: Revisions sent but not yet answered, per pusher (LiteCore bounds by bytes; 2 MB).
-MAX_REVS_AWAITING_REPLY = 64
+#: Revisions the peer asked for and not yet sent, per pusher: announcing more changes waits
+#: while this many are queued (bounds memory; the byte window below bounds what is in flight).
+MAX_REVS_QUEUED = 1000
+#: Bytes of ``rev`` messages a BLIP message header and properties add, roughly.
+_REV_OVERHEAD = 100
 
 
 @dataclass
@@ -84,7 +90,21 @@ class Pusher:
         self.tracker = tracker or SequenceTracker(options.since)
         self._on_caught_up = on_caught_up
         self._lists = asyncio.Semaphore(MAX_CHANGE_LISTS_IN_FLIGHT)
-        self._revs = asyncio.Semaphore(MAX_REVS_AWAITING_REPLY)
+        # Revisions wanted by the peer, sent by one loop (no task per revision); what is sent
+        # and not yet answered is bounded by bytes, as LiteCore's Pusher does
+        # (kMaxRevBytesAwaitingReply): with small documents the window holds ~2,000 revisions,
+        # so the peer's inserter always has a full batch to commit.
+        self._rev_queue: deque[tuple[Change, list[str], int, bool]] = deque()
+        self._rev_bytes_limit = MAX_REV_BYTES_AWAITING_REPLY
+        self._rev_bytes = 0  # bytes sent and awaiting a reply
+        self._revs_outstanding = 0  # queued or awaiting a reply
+        self._rev_room = asyncio.Event()  # set when the byte window has room
+        self._rev_room.set()
+        self._queue_room = asyncio.Event()  # set when fewer than MAX_REVS_QUEUED are queued
+        self._queue_room.set()
+        self._revs_idle = asyncio.Event()  # set when no revision is queued or in flight
+        self._revs_idle.set()
+        self._sender: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._deltas_ok = False
         self.caught_up = asyncio.Event()
@@ -116,6 +136,9 @@ class Pusher:
                 )
                 if changes:
                     last = changes[-1].sequence
+                    while len(self._rev_queue) >= MAX_REVS_QUEUED:
+                        self._queue_room.clear()
+                        await self._queue_room.wait()
                     await self._lists.acquire()
                     self._spawn(self._await_reply(changes, self._announce(changes)))
                     continue
@@ -151,8 +174,11 @@ class Pusher:
 
     async def wait_idle(self) -> None:
         """Wait until every announced change has been answered and its revision acknowledged."""
-        while self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        while self._tasks or (self._revs_outstanding and self.failed is None):
+            if self._tasks:
+                await asyncio.gather(*list(self._tasks), return_exceptions=True)
+            else:
+                await self._revs_idle.wait()
         if self.failed is not None:
             raise self.failed
 
@@ -167,6 +193,9 @@ class Pusher:
             self.failed = task.exception()
 
     async def close(self) -> None:
+        while self._rev_queue:
+            change = self._rev_queue.popleft()[0]
+            self._rev_finished(change)
         for task in list(self._tasks):
             task.cancel()
         with contextlib.suppress(Exception):
@@ -232,19 +261,70 @@ class Pusher:
                 self._stats.in_flight -= 1
                 self.tracker.complete(change.sequence)
                 continue
-            self._spawn(self._send_rev(change, known, max_history))
+            self._queue_rev(change, known, max_history, True)
 
     # -- revisions ----------------------------------------------------------------------------
 
-    async def _send_rev(self, change: Change, known: list[str], max_history: int) -> None:
-        async with self._revs:
-            try:
-                await self._send_rev_now(change, known, max_history)
-            finally:
-                self._stats.in_flight -= 1
-                self.tracker.complete(change.sequence)
+    def _queue_rev(
+        self,
+        change: Change,
+        known: list[str],
+        max_history: int,
+        deltas: bool,
+        *,
+        first: bool = False,
+    ) -> None:
+        item = (change, known, max_history, deltas)
+        if first:
+            self._rev_queue.appendleft(item)
+        else:
+            self._rev_queue.append(item)
+        self._revs_outstanding += 1
+        self._revs_idle.clear()
+        if self._sender is None:
+            self._sender = asyncio.get_running_loop().create_task(self._send_revs())
+            self._tasks.add(self._sender)
+            self._sender.add_done_callback(self._sender_done)
 
-    async def _send_rev_now(self, change: Change, known: list[str], max_history: int) -> None:
+    def _sender_done(self, task: asyncio.Task[None]) -> None:
+        self._sender = None
+        self._task_done(task)
+        if self.failed is not None:
+            self._revs_idle.set()  # wait_idle raises the failure
+
+    async def _send_revs(self) -> None:
+        """Send queued revisions while the byte window has room; replies are handled by
+        callbacks (``_rev_replied``)."""
+        queue = self._rev_queue
+        while queue:
+            while self._rev_bytes >= self._rev_bytes_limit:
+                self._rev_room.clear()
+                await self._rev_room.wait()
+            if not queue:
+                break
+            change, known, max_history, deltas = queue.popleft()
+            if len(queue) < MAX_REVS_QUEUED:
+                self._queue_room.set()
+            try:
+                self._send_rev_now(change, known, max_history, deltas)
+            except BaseException:
+                self._rev_finished(change)
+                raise
+            if self._rev_bytes < self._rev_bytes_limit and len(queue) % 50 == 0:
+                await asyncio.sleep(0)  # let replies and other sessions in
+        self._queue_room.set()
+
+    def _rev_finished(self, change: Change) -> None:
+        self._stats.in_flight -= 1
+        self.tracker.complete(change.sequence)
+        self._revs_outstanding -= 1
+        if not self._revs_outstanding:
+            self._revs_idle.set()
+
+    def _send_rev_now(
+        self, change: Change, known: list[str], max_history: int, deltas: bool
+    ) -> None:
+        """Send one revision (or a ``norev``); finished now, or when its reply arrives."""
         collection = self._collection
         revision = collection.get_revision(change.doc_id, change.rev_id)
         properties: dict[str, str] = {}
@@ -272,6 +352,7 @@ class Pusher:
                     ),
                     no_reply=True,
                 )
+                self._rev_finished(change)
                 return
         spelled = self._mode.spell_rev(collection, revision, known, max_history)
         properties.update(
@@ -284,34 +365,67 @@ class Pusher:
         properties.update(self._mode.rev_properties())
         body = revision.body
         if body is None:  # replaced above by a revision that has one, or answered with norev
+            self._rev_finished(change)
             return
         if b'"digest"' in body:
             self._remember_blobs(body)
-        encoder = self._options.delta_encoder if self._deltas_ok and known else None
-        base_names = {rev_id: name for name, rev_id in spelled.delta_bases}
-        while True:
-            message_properties = dict(properties)
-            message_body = body
-            if encoder is not None:
-                delta = encoder(collection, change.doc_id, body, list(base_names))
-                if delta is not None:
-                    base_rev_id, message_body = delta
-                    message_properties["deltaSrc"] = base_names.get(base_rev_id, base_rev_id)
-            sent = self._session.send_nowait(
-                REV,
-                with_collection(message_properties, self._index),
-                message_body,
-                compressed=True,
+        encoder = self._options.delta_encoder if deltas and self._deltas_ok and known else None
+        message_body = body
+        if encoder is not None:
+            base_names = {rev_id: name for name, rev_id in spelled.delta_bases}
+            delta = encoder(collection, change.doc_id, body, list(base_names))
+            if delta is not None:
+                base_rev_id, message_body = delta
+                properties["deltaSrc"] = base_names.get(base_rev_id, base_rev_id)
+        sent = self._session.send_nowait(
+            REV, with_collection(properties, self._index), message_body, compressed=True
+        )
+        assert sent is not None  # a request that wants a reply has a future
+        size = len(message_body) + _REV_OVERHEAD
+        self._rev_bytes += size
+        sent.add_done_callback(
+            functools.partial(
+                self._rev_replied, change, known, max_history, properties, revision, size
             )
-            assert sent is not None  # a request that wants a reply has a future
-            reply = await sent
-            if reply.is_error and "deltaSrc" in message_properties and _is_delta_error(reply):
-                encoder = None  # CBL-986: the peer could not apply the delta; resend in full
-                continue
-            break
+        )
+
+    def _rev_replied(
+        self,
+        change: Change,
+        known: list[str],
+        max_history: int,
+        properties: dict[str, str],
+        revision: Revision,
+        size: int,
+        future: asyncio.Future[IncomingResponse],
+    ) -> None:
+        self._rev_bytes -= size
+        if self._rev_bytes < self._rev_bytes_limit:
+            self._rev_room.set()
+        if future.cancelled() or future.exception() is not None:
+            if self.failed is None:
+                self.failed = (
+                    future.exception() if not future.cancelled() else asyncio.CancelledError()
+                )
+            self._rev_finished(change)
+            return
+        reply = future.result()
+        if reply.is_error and "deltaSrc" in properties and _is_delta_error(reply):
+            # CBL-986: the peer could not apply the delta; resend in full
+            self._revs_outstanding -= 1  # _queue_rev counts it again
+            self._queue_rev(change, known, max_history, False, first=True)
+            return
+        try:
+            self._handle_rev_reply(change, properties["rev"], revision, reply)
+        finally:
+            self._rev_finished(change)
+
+    def _handle_rev_reply(
+        self, change: Change, spelled_rev: str, revision: Revision, reply: IncomingResponse
+    ) -> None:
         if reply.is_error:
             message = (
-                f"peer refused '{change.doc_id}' {spelled.rev} in {self.name}: "
+                f"peer refused '{change.doc_id}' {spelled_rev} in {self.name}: "
                 f"{reply.error_domain} {reply.error_code} {reply.error_message}"
             )
             self._stats.record_error(message)
