@@ -17,9 +17,13 @@ from collections.abc import Mapping, Sequence
 from zeroconf import DNSAddress, DNSOutgoing, IPVersion
 from zeroconf.asyncio import AsyncServiceInfo, AsyncZeroconf
 
+from fieldsync.replication.messages import SUBPROTOCOL_V3
+
 log = logging.getLogger(__name__)
 
-PROTOCOL = "BLIP_3+CBMobile_3"
+#: The replication protocol named in the TXT record.
+PROTOCOL = SUBPROTOCOL_V3
+#: The DNS-SD service type fieldsync listeners are advertised under.
 DEFAULT_SERVICE_TYPE = "_fieldsync._tcp"
 _TXT_ENTRY_MAX = 255
 # DNS wire values (RFC 1035, RFC 3596, RFC 6762)

@@ -17,25 +17,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fieldsync.agent.advertiser import DEFAULT_SERVICE_TYPE
 from fieldsync.agent.passwords import describe_password_hash_problem
+from fieldsync.errors import FieldsyncError
+from fieldsync.listener.config import DEFAULT_PORT as LISTENER_DEFAULT_PORT
+from fieldsync.store.names import is_valid_collection_name
+from fieldsync.tls.identity import DEFAULT_SERVER_ALIAS
+from fieldsync.tls.keystore import DEVICE_KEYSTORE, validate_alias
 
 DEFAULT_CONFIG_PATH = Path("/etc/fieldsync/fieldsync.toml")
-DEFAULT_PORT = 4984
-DEFAULT_SERVICE_TYPE = "_fieldsync._tcp"
+DEFAULT_PORT = LISTENER_DEFAULT_PORT
 DEFAULT_CONTROL_SOCKET = Path("/run/fieldsync/control.sock")
-DEFAULT_KEYSTORE = Path("/var/lib/fieldsync/keys")
-DEFAULT_IDENTITY_ALIAS = "fieldsync"
+DEFAULT_KEYSTORE = DEVICE_KEYSTORE
+DEFAULT_IDENTITY_ALIAS = DEFAULT_SERVER_ALIAS
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 _DB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_$()+\-]{0,99}$")
-_COLLECTION_PART = re.compile(r"^[A-Za-z0-9\-][A-Za-z0-9_%\-]{0,250}$")
 _SERVICE_TYPE = re.compile(r"^_[A-Za-z0-9](?:[A-Za-z0-9\-]{0,13}[A-Za-z0-9])?\._(?:tcp|udp)$")
-_ALIAS = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+\-]{0,127}$")  # keystore aliases
 _IFNAME_MAX = 15  # IFNAMSIZ - 1
 _SUN_PATH_MAX = 107
 
 
-class ConfigError(ValueError):
+class ConfigError(FieldsyncError, ValueError):
     """An invalid configuration: ``key`` is the dotted path, ``problem`` what is wrong with it."""
 
     def __init__(self, key: str, problem: str, *, source: Path | None = None) -> None:
@@ -122,6 +125,9 @@ class AgentConfig:
     users: tuple[UserConfig, ...] = ()
     client_cert_roots: tuple[Path, ...] = ()
     keystore: Path = DEFAULT_KEYSTORE
+    #: Key-encryption-key file for identities stored encrypted (``fieldsync identity
+    #: --kek-file``); None: keys are stored in clear (mode 0600).
+    kek_file: Path | None = None
     mdns: MdnsSettings = MdnsSettings()
     log_level: str = "info"
     control_socket: Path = DEFAULT_CONTROL_SOCKET
@@ -185,6 +191,7 @@ class _Parser:
                 "log_level",
                 "control_socket",
                 "keystore",
+                "kek_file",
                 "client_cert_roots",
                 "listener",
                 "databases",
@@ -204,6 +211,7 @@ class _Parser:
                 "control_socket", f"path is longer than {_SUN_PATH_MAX} bytes (a Unix socket limit)"
             )
         keystore = self._path(doc, "keystore", "", DEFAULT_KEYSTORE)
+        kek_file = self._path(doc, "kek_file", "", None) if "kek_file" in doc else None
         roots = self._path_list(doc, "client_cert_roots", "")
         listener = self._listener(_table(doc, "listener", ""))
         users = self._users(_table(doc, "users", ""))
@@ -221,6 +229,7 @@ class _Parser:
             users=users,
             client_cert_roots=roots,
             keystore=keystore,
+            kek_file=kek_file,
             mdns=self._mdns(_table(doc, "mdns", "")),
             log_level=log_level,
             control_socket=control_socket,
@@ -301,7 +310,7 @@ class _Parser:
         if not 1 <= port <= 65535:
             raise ConfigError("listener.port", f"must be between 1 and 65535, not {port}")
         identity = _string(table, "identity", prefix, default=DEFAULT_IDENTITY_ALIAS)
-        if not _ALIAS.match(identity):
+        if not _is_alias(identity):
             raise ConfigError(
                 "listener.identity",
                 f"{identity!r} is not a keystore alias (1-128 characters from A-Z a-z 0-9 "
@@ -516,14 +525,20 @@ def _interface_name_problem(name: str) -> str | None:
     return None
 
 
+def _is_alias(text: str) -> bool:
+    try:
+        validate_alias(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _collection_problem(text: str) -> str | None:
     parts = text.split(".")
     if len(parts) != 2:
         return f'{text!r} is not "scope.name" (e.g. "_default._default" or "inventory.items")'
     for part in parts:
-        if part == "_default":
-            continue
-        if not _COLLECTION_PART.match(part):
+        if not is_valid_collection_name(part):
             return (
                 f"{text!r}: {part!r} is not a valid scope or collection name (letters, digits, "
                 "'_', '-', '%', not starting with '_' or '%', at most 251 characters)"

@@ -28,6 +28,8 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
+from fieldsync.errors import FieldsyncError
+
 log = logging.getLogger(__name__)
 
 STARTING = "starting"
@@ -44,7 +46,7 @@ _MAX_REQUEST = 1024
 StatusProvider = Callable[[], "dict[str, Any] | Awaitable[dict[str, Any]]"]
 
 
-class ControlError(OSError):
+class ControlError(FieldsyncError, OSError):
     """The control socket could not be reached or gave no usable answer."""
 
 

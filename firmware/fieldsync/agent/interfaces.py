@@ -29,6 +29,8 @@ from typing import Any
 
 import netifaces
 
+from fieldsync.listener.sockets import SO_BINDTODEVICE
+
 log = logging.getLogger(__name__)
 
 # rtnetlink constants (linux/rtnetlink.h, linux/if_link.h, linux/if_addr.h)
@@ -53,7 +55,6 @@ IFF_UP = 0x1
 IFF_LOOPBACK = 0x8
 IFF_RUNNING = 0x40
 SIOCGIFFLAGS = 0x8913
-SO_BINDTODEVICE = getattr(socket, "SO_BINDTODEVICE", 25)
 
 OPERSTATES = ("unknown", "notpresent", "down", "lowerlayerdown", "testing", "dormant", "up")
 ALL_INTERFACES = "*"

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import logging
 import signal
 import time
@@ -40,6 +39,19 @@ from fieldsync.agent.control import ControlServer, empty_status
 from fieldsync.agent.interfaces import InterfaceState, InterfaceWatcher
 from fieldsync.agent.maintenance import MaintenanceScheduler
 from fieldsync.agent.notify import SystemdNotifier
+from fieldsync.errors import FieldsyncError
+from fieldsync.listener import URLEndpointListener
+from fieldsync.listener.assembly import (
+    Assembly,
+    AssemblyError,
+    ServeSettings,
+    assemble,
+    open_keystore,
+    resolve_identity,
+    served_collections,
+)
+from fieldsync.store import Database
+from fieldsync.tls.identity import ServerIdentity
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +59,7 @@ MAX_RECENT_ERRORS = 20
 LISTENER_RETRY_DELAY = 5.0
 
 
-class AgentError(Exception):
+class AgentError(FieldsyncError):
     """Something the agent cannot do with its configuration; the message says what to fix."""
 
 
@@ -71,13 +83,15 @@ class Agent:
         self.state = control.STARTING
         self.detail = "starting"
         self._started = time.monotonic()
-        self._databases: dict[str, Any] = {}
+        self._databases: dict[str, Database] = {}
         self._database_errors: dict[str, str] = {}
-        self._listener: Any = None
+        self._listener: URLEndpointListener | None = None
         self._listener_index: int | None = None
         self._listener_error: str | None = None
         self._retry: asyncio.TimerHandle | None = None
         self._tls: dict[str, Any] | None = None
+        #: Why the anonymous TLS identity was replaced (shown by ``fieldsync status``).
+        self._identity_replaced: str | None = None
         self._watcher: InterfaceWatcher | None = None
         self._advertiser: ServiceAdvertiser | None = None
         self._mdns_error: str | None = None
@@ -93,7 +107,7 @@ class Agent:
     async def run(self) -> int:
         """Start everything, follow changes until asked to stop, shut down; the exit code."""
         loop = asyncio.get_running_loop()
-        installed: list[int] = []
+        installed: list[signal.Signals] = []
         for signum, handler in (
             (signal.SIGTERM, self.request_stop),
             (signal.SIGINT, self.request_stop),
@@ -176,6 +190,7 @@ class Agent:
                 f"control socket {self.config.control_socket}: {exc.strerror or exc}"
             ) from None
         self._open_databases(self.config.databases)
+        self._check_keystore()
         self._maintenance = MaintenanceScheduler(
             lambda: self._databases,
             self.config.maintenance,
@@ -261,6 +276,8 @@ class Agent:
 
     def _set_serving_state(self) -> None:
         problems = list(self._database_errors.values())
+        if self._identity_replaced:
+            problems.append("TLS identity replaced (see recent errors)")
         if self._mdns_error:
             problems.append(f"mDNS: {self._mdns_error}")
         if problems:
@@ -272,17 +289,12 @@ class Agent:
 
     async def _start_listener(self, iface: InterfaceState) -> bool:
         try:
-            listener_module = importlib.import_module("fieldsync.listener")
-            configuration = self._listener_configuration(listener_module)
-            listener = listener_module.URLEndpointListener(configuration)
+            assembly = self._assemble()
+            listener = URLEndpointListener(assembly.configuration)
             await listener.start()
-        except (AgentError, ConfigError) as exc:
+        except (AgentError, AssemblyError, ConfigError) as exc:
             self._listener_error = str(exc)
             self._record_error(f"listener: {exc}")
-            return False
-        except ImportError as exc:
-            self._listener_error = f"the listener is not available in this build ({exc})"
-            self._record_error(self._listener_error)
             return False
         except Exception as exc:
             self._listener_error = f"{type(exc).__name__}: {exc}"
@@ -292,7 +304,7 @@ class Agent:
         self._listener = listener
         self._listener_index = iface.index
         self._listener_error = None
-        self._tls = self._tls_status(listener)
+        self._tls = self._tls_status(listener, assembly.identity)
         log.info(
             "serving %s on %s: %s",
             ", ".join(self._databases),
@@ -322,89 +334,63 @@ class Agent:
 
         self._retry = asyncio.get_running_loop().call_later(self.retry_delay, retry)
 
-    def _listener_configuration(self, listener_module: Any) -> Any:
-        settings = self.config.listener
-        databases = list(self._databases.values())
-        collections = None
-        if len(self._databases) == 1:
-            (db_config,) = (self.config.database(name) for name in self._databases)
-            if db_config.collections is not None:
-                database = databases[0]
-                collections = [
-                    database.collection(full, create=True) for full in db_config.collections
-                ]
-        tls_identity = None
-        keystore = None
-        if settings.tls:
-            keystore, tls_identity = self._load_tls_identity()
-        return listener_module.URLEndpointListenerConfiguration(
-            database=databases[0] if len(databases) == 1 and collections is None else None,
-            databases=databases if len(databases) > 1 else None,
-            collections=collections,
+    def _serve_settings(self) -> ServeSettings:
+        config = self.config
+        settings = config.listener
+        return ServeSettings(
             port=settings.port,
-            network_interface=settings.interface,
-            disable_tls=not settings.tls,
-            tls_identity=tls_identity,
-            keystore=keystore,
-            authenticator=self._authenticator(),
-            enable_delta_sync=settings.delta_sync,
+            interface=settings.interface,
+            tls=settings.tls,
+            identity=settings.identity,
+            keystore=config.keystore,
+            kek_file=config.kek_file,
+            users=config.password_hashes(),
+            client_ca=list(config.client_cert_roots),
+            delta_sync=settings.delta_sync,
             read_only=settings.read_only,
         )
 
-    def _load_tls_identity(self) -> tuple[Any, Any]:
-        alias = self.config.listener.identity
-        try:
-            from fieldsync.tls.identity import TLSIdentity
-            from fieldsync.tls.keystore import Keystore
-        except ImportError as exc:
-            raise AgentError(
-                f"TLS is on but TLS identities are not available in this build ({exc}); "
-                "refusing to serve without TLS"
-            ) from None
-        try:
-            keystore = Keystore(self.config.keystore)
-            identity = TLSIdentity.get_identity(alias, keystore=keystore)
-            if identity is None:
-                log.info("creating self-signed TLS identity %r in %s", alias, keystore.path)
-                identity = TLSIdentity.anonymous_identity(alias, keystore=keystore)
-        except Exception as exc:
-            raise AgentError(
-                f"TLS identity {alias!r} in keystore {self.config.keystore}: {exc}"
-            ) from None
-        return keystore, identity
+    def _assemble(self) -> Assembly:
+        collections = None
+        if len(self._databases) == 1:
+            ((name, database),) = self._databases.items()
+            db_config = self.config.database(name)
+            if db_config.collections is not None:
+                collections = served_collections(database, db_config.collections)
+        return assemble(self._databases, self._serve_settings(), collections=collections)
 
-    def _authenticator(self) -> Any:
-        config = self.config
-        if not config.users and not config.client_cert_roots:
-            return None
+    def _check_keystore(self) -> None:
+        """With TLS on, the keystore and the identity must be usable before the agent reports
+        ready: an unsafe keystore is a reason not to start (exit 1), not a retry loop."""
+        if not self.config.listener.tls:
+            return
+        settings = self._serve_settings()
         try:
-            auth = importlib.import_module("fieldsync.listener.auth")
-        except ImportError as exc:
-            raise AgentError(
-                f"authentication is configured but not available in this build ({exc}); "
-                "refusing to serve without it"
-            ) from None
-        if config.client_cert_roots:
-            from cryptography import x509
+            keystore = open_keystore(settings)
+            found = resolve_identity(settings, keystore, list(self._databases))
+        except AssemblyError as exc:
+            raise AgentError(str(exc)) from None
+        if found.replaced:
+            self._record_error(found.replaced)
+            self._identity_replaced = found.replaced
 
-            roots = []
-            for path in config.client_cert_roots:
-                try:
-                    roots.extend(x509.load_pem_x509_certificates(path.read_bytes()))
-                except (OSError, ValueError) as exc:
-                    raise AgentError(f"client_cert_roots: cannot load {path}: {exc}") from None
-            return auth.ListenerCertificateAuthenticator(roots)
-        return auth.ListenerPasswordAuthenticator.from_users(config.password_hashes())
-
-    def _tls_status(self, listener: Any) -> dict[str, Any] | None:
+    def _tls_status(
+        self, listener: URLEndpointListener, found: ServerIdentity | None
+    ) -> dict[str, Any] | None:
         identity = listener.tls_identity
         if not self.config.listener.tls or identity is None:
             return None
-        return {
+        if found is not None and found.replaced:
+            self._record_error(found.replaced)
+            self._identity_replaced = found.replaced
+        status: dict[str, Any] = {
             "alias": self.config.listener.identity,
             "fingerprint": identity.fingerprint_sha256,
             "expires": identity.expiration.isoformat(),
         }
+        if self._identity_replaced:
+            status["replaced"] = self._identity_replaced
+        return status
 
     # ------------------------------------------------------------------ mDNS
 
@@ -418,12 +404,16 @@ class Agent:
         else:
             addresses = iface.addresses
         fingerprint = (self._tls or {}).get("fingerprint")
+        port = self._listener.port
+        if port is None:  # stopped meanwhile
+            await self._withdraw()
+            return
         try:
             txt = build_txt(
                 list(self._databases),
                 tls=self.config.listener.tls,
                 fingerprint=fingerprint,
-                port=self._listener.port,
+                port=port,
             )
             if self._advertiser is None:
                 self._advertiser = ServiceAdvertiser(
@@ -432,9 +422,9 @@ class Agent:
                     interface=iface.name if iface.index else None,
                 )
             if self._advertiser.advertising:
-                await self._advertiser.update(addresses, self._listener.port, txt)
+                await self._advertiser.update(addresses, port, txt)
             else:
-                await self._advertiser.advertise(addresses, self._listener.port, txt)
+                await self._advertiser.advertise(addresses, port, txt)
         except Exception as exc:
             if self._mdns_error != str(exc):
                 self._record_error(f"mDNS advertisement failed: {exc}")
@@ -460,15 +450,10 @@ class Agent:
     # ------------------------------------------------------------------ databases
 
     def _open_databases(self, configs: tuple[DatabaseConfig, ...] | list[DatabaseConfig]) -> None:
-        try:
-            from fieldsync.store import Database
-        except ImportError as exc:
-            raise AgentError(f"the document store is not available in this build ({exc})") from None
         for db_config in configs:
             self._database_errors.pop(db_config.name, None)
             try:
                 database = Database.open(db_config.path, create=True)
-                database.name = db_config.name
                 for full_name in db_config.collections or ():
                     database.collection(full_name, create=True)
             except Exception as exc:

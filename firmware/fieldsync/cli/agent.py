@@ -9,7 +9,6 @@ start, 2 for an invalid configuration.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import getpass
 import os
 import sys
@@ -51,8 +50,9 @@ def run(args: argparse.Namespace) -> int:
     if args.check_config:
         return _check_config(args.config)
     from fieldsync.agent.service import run_agent
+    from fieldsync.listener.assembly import run_event_loop
 
-    return asyncio.run(run_agent(args.config))
+    return run_event_loop(run_agent(args.config))
 
 
 def _check_config(path: Path) -> int:

@@ -14,6 +14,9 @@ import sys
 
 from fieldsync import __version__
 
+#: Log line format of every fieldsync command; logs go to stderr, output to stdout.
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
 #: Subcommand modules, in the order ``--help`` lists them.
 SUBCOMMANDS = ("run", "db", "identity", "sync", "agent", "status")
 
@@ -46,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     level = logging.WARNING - 10 * min(args.verbose, 2) if args.verbose else logging.INFO
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=level, format=LOG_FORMAT, stream=sys.stderr)
     if args.verbose < 2:
         logging.getLogger("websockets").setLevel(logging.WARNING)
     try:

@@ -186,6 +186,8 @@ def format_status(document: dict[str, Any], *, colour: bool = False) -> str:
         if tls.get("expires"):
             parts.append(f"expires {tls['expires']}")
         lines.append("  tls        " + ", ".join(parts))
+        if tls.get("replaced"):
+            lines.append("  tls        " + paint.error("REPLACED: " + str(tls["replaced"])))
     else:
         lines.append("  tls        off")
     mdns = document.get("mdns")

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import signal
 import ssl
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -74,10 +75,12 @@ def _ssl_context(args: argparse.Namespace) -> ssl.SSLContext | None:
 
 
 def sync(args: argparse.Namespace) -> int:
+    from fieldsync.listener.assembly import run_event_loop
     from fieldsync.replicator import (
         ReplicationError,
         Replicator,
         ReplicatorConfiguration,
+        ReplicatorResult,
         ReplicatorType,
     )
     from fieldsync.store import Database
@@ -105,7 +108,7 @@ def sync(args: argparse.Namespace) -> int:
     )
     replicator = Replicator(config)
 
-    async def main():
+    async def main() -> ReplicatorResult:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):
@@ -121,9 +124,9 @@ def sync(args: argparse.Namespace) -> int:
                 await reporter
 
     try:
-        result = asyncio.run(main())
+        result = run_event_loop(main())
     except (ReplicationError, OSError) as exc:
-        print(f"fieldsync sync: {exc}")
+        print(f"fieldsync sync: {exc}", file=sys.stderr)
         return 1
     finally:
         database.close()

@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
+from fieldsync.errors import FieldsyncError
+from fieldsync.listener.auth import ListenerCertificateAuthenticator, ListenerPasswordAuthenticator
+from fieldsync.store import Collection, Database
+from fieldsync.tls.identity import TLSIdentity
+from fieldsync.tls.keystore import Keystore
+
+#: The listener's TCP port unless configured (Couchbase Lite's own listener picks one; Sync
+#: Gateway's public port is 4984, which phones' apps are usually written against).
 DEFAULT_PORT = 4984
 
+Authenticator = ListenerPasswordAuthenticator | ListenerCertificateAuthenticator
 
-class ListenerConfigurationError(ValueError):
+
+class ListenerConfigurationError(FieldsyncError, ValueError):
     """A listener setting that cannot work; the message names the setting."""
 
 
@@ -19,37 +28,56 @@ class URLEndpointListenerConfiguration:
 
     Serve either whole databases (``database`` / ``databases``: every collection they hold, now
     or later) or chosen ``collections`` (all from one database). Each database is reached at
-    ``/<database name>`` on the listener's port.
+    ``/<url name>``: its key when ``databases`` is a ``{url_name: Database}`` map, otherwise
+    ``database.name``.
     """
 
-    database: Any = None
-    collections: Sequence[Any] | None = None
-    databases: Sequence[Any] | None = None
+    database: Database | None = None
+    collections: Sequence[Collection] | None = None
+    databases: Mapping[str, Database] | Sequence[Database] | None = None
     port: int = DEFAULT_PORT
     network_interface: str | None = None
     disable_tls: bool = False
-    tls_identity: Any = None
-    authenticator: Any = None
+    tls_identity: TLSIdentity | None = None
+    authenticator: Authenticator | None = None
     enable_delta_sync: bool = False
     read_only: bool = False
-    keystore: Any = None
+    keystore: Keystore | None = None
 
-    def served_databases(self) -> list[Any]:
-        """The databases behind this listener, in order."""
-        result: list[Any] = []
+    def served(self) -> dict[str, Database]:
+        """The databases behind this listener by URL name, in order."""
+        result: dict[str, Database] = {}
+
+        def add(name: str, database: Database) -> None:
+            if any(database is d for d in result.values()):
+                return
+            if name in result:
+                raise ListenerConfigurationError(
+                    f"databases: two databases are both named {name!r}; each needs its own URL path"
+                )
+            result[name] = database
+
+        if isinstance(self.databases, Mapping):
+            for name, database in self.databases.items():
+                add(name, database)
         if self.database is not None:
-            result.append(self.database)
-        for database in self.databases or ():
-            if all(database is not d for d in result):
-                result.append(database)
+            add(self.database.name, self.database)
+        if self.databases is not None and not isinstance(self.databases, Mapping):
+            for database in self.databases:
+                add(database.name, database)
         for collection in self.collections or ():
-            if all(collection.database is not d for d in result):
-                result.append(collection.database)
+            owner = collection.database
+            if isinstance(owner, Database):
+                add(owner.name, owner)
         return result
+
+    def served_databases(self) -> list[Database]:
+        """The databases behind this listener, in order."""
+        return list(self.served().values())
 
     def validate(self) -> None:
         """Raise ListenerConfigurationError for settings that cannot work together."""
-        databases = self.served_databases()
+        databases = self.served()
         if not databases:
             raise ListenerConfigurationError(
                 "URLEndpointListenerConfiguration needs a database, databases or collections"
@@ -62,13 +90,6 @@ class URLEndpointListenerConfiguration:
                 raise ListenerConfigurationError(
                     "collections: all collections must belong to the same database"
                 )
-        names = [d.name for d in databases]
-        duplicates = {n for n in names if names.count(n) > 1}
-        if duplicates:
-            raise ListenerConfigurationError(
-                f"databases: two databases are both named {sorted(duplicates)[0]!r}; "
-                "each needs its own URL path"
-            )
         if not isinstance(self.port, int) or not 0 <= self.port <= 65535:
             raise ListenerConfigurationError(f"port: {self.port!r} is not a port number (0-65535)")
         if self.disable_tls and is_certificate_authenticator(self.authenticator):
@@ -76,15 +97,13 @@ class URLEndpointListenerConfiguration:
                 "authenticator: client-certificate authentication needs TLS (disable_tls=True)"
             )
 
-    def collections_of(self, database: Any) -> dict[str, Any] | None:
+    def collections_of(self, database: Database) -> dict[str, Collection] | None:
         """The collections served from ``database`` (None: all of them, looked up live)."""
         if self.collections is not None and any(c.database is database for c in self.collections):
             return {c.full_name: c for c in self.collections}
         return None
 
 
-def is_certificate_authenticator(authenticator: Any) -> bool:
+def is_certificate_authenticator(authenticator: object) -> bool:
     """Whether ``authenticator`` checks client certificates (and so needs TLS)."""
-    from fieldsync.listener.auth import ListenerCertificateAuthenticator
-
     return isinstance(authenticator, ListenerCertificateAuthenticator)

@@ -11,18 +11,20 @@ import contextlib
 import logging
 import ssl
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import Any
 
+from cryptography.x509 import Certificate
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
+from websockets.typing import Subprotocol
 
 from fieldsync.blip import BLIPSession
 from fieldsync.blip.limits import MAX_WEBSOCKET_MESSAGE
 from fieldsync.listener import handshake
+from fieldsync.listener.auth import BASIC_CHALLENGE, authenticate_request
 from fieldsync.listener.authguard import AuthGuard, Busy, TooManyFailures
 from fieldsync.listener.config import (
     URLEndpointListenerConfiguration,
@@ -39,6 +41,10 @@ from fieldsync.replication.notifier import ChangeNotifier
 from fieldsync.replication.passive import PassiveReplicator
 from fieldsync.replication.stats import ReplicationStats
 from fieldsync.replication.versioning import WireFormat
+from fieldsync.store import Collection, Database, InvalidInput
+from fieldsync.tls.client_auth import ListenerCertificateAuthenticator
+from fieldsync.tls.context import peer_certificate_chain, server_ssl_context
+from fieldsync.tls.identity import DEFAULT_SERVER_ALIAS, TLSIdentity
 
 log = logging.getLogger(__name__)
 
@@ -70,15 +76,35 @@ class ConnectionInfo:
         return self.stats.busy
 
 
-class _DatabaseCollections(Mapping[str, Any]):
+@dataclass(frozen=True)
+class Accepted:
+    """What the HTTP upgrade decided for one connection."""
+
+    database_name: str
+    subprotocol: str
+    user: str | None
+
+
+class ReplicationConnection(ServerConnection):
+    """A WebSocket connection of this listener: it carries its own upgrade decision (as
+    websockets' connections carry their request), not a side table keyed by ``id()``."""
+
+    accepted: Accepted | None = None
+
+
+def legacy_identity_labels(database_names: Sequence[str]) -> list[str]:
+    """The labels earlier versions of ``fieldsync run`` gave their anonymous identity, so that
+    one is adopted instead of replaced (see ``TLSIdentity.server_identity``)."""
+    return ["listener-" + "-".join(sorted(database_names))] if database_names else []
+
+
+class _DatabaseCollections(Mapping[str, Collection]):
     """Every collection of a database, looked up when a peer asks for it."""
 
-    def __init__(self, database: Any) -> None:
+    def __init__(self, database: Database) -> None:
         self._database = database
 
-    def __getitem__(self, full_name: str) -> Any:
-        from fieldsync.store import InvalidInput
-
+    def __getitem__(self, full_name: str) -> Collection:
         try:
             collection = self._database.collection(full_name)
         except InvalidInput:  # a name no collection can have
@@ -100,15 +126,16 @@ class URLEndpointListener:
     def __init__(self, config: URLEndpointListenerConfiguration) -> None:
         config.validate()
         self.config = config
-        self._databases = {db.name: db for db in config.served_databases()}
+        self._databases = config.served()
         self._target = BindTarget.parse(config.network_interface)
         self._server: Server | None = None
         self._port: int | None = None
-        self._tls_identity: Any = None
+        self._tls_identity: TLSIdentity | None = None
+        #: Set when the listener had to replace an unreadable anonymous identity.
+        self.tls_identity_replaced: str | None = None
         self._ssl_context: ssl.SSLContext | None = None
         self._notifiers: dict[str, ChangeNotifier] = {}
         self._connections: dict[ServerConnection, ConnectionInfo] = {}
-        self._pending: dict[int, tuple[str, str, str | None]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._auth_guard = AuthGuard()
 
@@ -120,7 +147,7 @@ class URLEndpointListener:
         return self._port
 
     @property
-    def tls_identity(self) -> Any:
+    def tls_identity(self) -> TLSIdentity | None:
         """The TLS identity presented to clients (None with TLS disabled or when stopped)."""
         return self._tls_identity
 
@@ -158,7 +185,7 @@ class URLEndpointListener:
                 self._handle_connection,
                 sock=sock,
                 ssl=self._ssl_context,
-                subprotocols=list(LISTENER_SUBPROTOCOLS),
+                subprotocols=[Subprotocol(name) for name in LISTENER_SUBPROTOCOLS],
                 select_subprotocol=self._select_subprotocol,
                 process_request=self._process_request,
                 compression=None,
@@ -167,6 +194,7 @@ class URLEndpointListener:
                 ping_timeout=60,
                 close_timeout=2,
                 server_header="fieldsync",
+                create_connection=ReplicationConnection,
             )
         except BaseException:
             sock.close()
@@ -192,9 +220,11 @@ class URLEndpointListener:
         self._notifiers.clear()
         log.info("listener stopped")
 
-    def _database_closing(self, _database: Any) -> None:
+    def _database_closing(self, _database: Database) -> None:
         """A served database is closing: drop every connection (1001) and stop listening."""
         loop = self._loop
+        if loop is None:
+            return
 
         def begin() -> None:
             if self._server is not None:
@@ -231,23 +261,30 @@ class URLEndpointListener:
 
     # -- TLS ----------------------------------------------------------------------------------
 
-    def _make_tls(self) -> tuple[Any, ssl.SSLContext]:
-        from fieldsync.tls.context import server_ssl_context
-        from fieldsync.tls.identity import TLSIdentity
-
+    def _make_tls(self) -> tuple[TLSIdentity, ssl.SSLContext]:
         identity = self.config.tls_identity
         if identity is None:
-            label = "listener-" + "-".join(sorted(self._databases))
-            identity = TLSIdentity.anonymous_identity(label, keystore=self.config.keystore)
+            found = TLSIdentity.server_identity(
+                DEFAULT_SERVER_ALIAS,
+                keystore=self.config.keystore,
+                legacy_labels=legacy_identity_labels(list(self._databases)),
+            )
+            identity, self.tls_identity_replaced = found.identity, found.replaced
+            if found.replaced:
+                log.error("%s", found.replaced)
         authenticator = self.config.authenticator
-        client_auth = authenticator if is_certificate_authenticator(authenticator) else None
+        client_auth = (
+            authenticator if isinstance(authenticator, ListenerCertificateAuthenticator) else None
+        )
         return identity, server_ssl_context(identity, client_auth=client_auth)
 
     # -- the HTTP upgrade ---------------------------------------------------------------------
 
-    def _select_subprotocol(self, _connection: ServerConnection, offered: Any) -> Any:
+    def _select_subprotocol(
+        self, _connection: ServerConnection, offered: Sequence[Subprotocol]
+    ) -> Subprotocol | None:
         chosen = handshake.choose_subprotocol(list(offered))
-        return None if isinstance(chosen, handshake.Refusal) else chosen
+        return None if isinstance(chosen, handshake.Refusal) else Subprotocol(chosen)
 
     async def _process_request(
         self, connection: ServerConnection, request: Request
@@ -262,8 +299,6 @@ class URLEndpointListener:
         user = None
         authenticator = self.config.authenticator
         if authenticator is not None:
-            from fieldsync.listener.auth import authenticate_request
-
             chain = _client_chain(connection)  # read on the loop; checked in a worker thread
             checked = await self._auth_guard.check(
                 _peer_host(connection),
@@ -289,22 +324,26 @@ class URLEndpointListener:
                 log.warning("%s: authentication failed: %s", peer, result.reason)
                 challenge: tuple[tuple[str, str], ...] = ()
                 if not is_certificate_authenticator(authenticator):
-                    from fieldsync.listener.auth import BASIC_CHALLENGE
-
                     challenge = (("WWW-Authenticate", BASIC_CHALLENGE),)
                 return _http_error(401, "authentication required", challenge)
             user = result.username
-        self._pending[id(connection)] = (decision.database_name, decision.subprotocol, user)
+        accepted = Accepted(decision.database_name, decision.subprotocol, user)
+        if isinstance(connection, ReplicationConnection):
+            connection.accepted = accepted
         return None
 
     # -- connections --------------------------------------------------------------------------
 
     async def _handle_connection(self, connection: ServerConnection) -> None:
-        pending = self._pending.pop(id(connection), None)
-        if pending is None:  # pragma: no cover - process_request always records acceptance
+        accepted = getattr(connection, "accepted", None)
+        if not isinstance(accepted, Accepted):  # pragma: no cover - set by _process_request
             await connection.close(1011, "internal error")
             return
-        database_name, subprotocol, user = pending
+        database_name, subprotocol, user = (
+            accepted.database_name,
+            accepted.subprotocol,
+            accepted.user,
+        )
         database = self._databases[database_name]
         peer = _peer_name(connection)
         info = ConnectionInfo(peer, database_name, user, subprotocol)
@@ -345,10 +384,8 @@ class URLEndpointListener:
             )
 
 
-def _client_chain(connection: ServerConnection) -> list[Any]:
+def _client_chain(connection: ServerConnection) -> list[Certificate]:
     """The client's TLS certificate chain (leaf first); empty without TLS or a certificate."""
-    from fieldsync.tls.context import peer_certificate_chain
-
     ssl_object = connection.transport.get_extra_info("ssl_object")
     return peer_certificate_chain(ssl_object) if ssl_object is not None else []
 

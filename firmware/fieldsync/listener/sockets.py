@@ -13,10 +13,12 @@ from dataclasses import dataclass
 
 import netifaces
 
+from fieldsync.errors import FieldsyncError
+
 SO_BINDTODEVICE = getattr(socket, "SO_BINDTODEVICE", 25)
 
 
-class InterfaceError(OSError):
+class InterfaceError(FieldsyncError, OSError):
     """A network interface that does not exist or cannot be bound to."""
 
 

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from fieldsync.errors import FieldsyncError
 from fieldsync.replication.messages import trim_trailing
 
 
@@ -25,7 +26,7 @@ class RevisionLookup(Protocol):
     ) -> tuple[bool, list[str]]: ...
 
 
-class MalformedMessage(ValueError):
+class MalformedMessage(FieldsyncError, ValueError):
     """A message body that does not have the shape the protocol defines (answered with 400)."""
 
 

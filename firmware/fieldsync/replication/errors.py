@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from fieldsync.errors import FieldsyncError
 
-class ReplicationError(Exception):
+
+class ReplicationError(FieldsyncError):
     """The peer refused a replication step; the message names the collection and the reason."""
 
 
-class RoutingError(Exception):
+class RoutingError(FieldsyncError):
     """A message that addresses no collection it may address; answered with ``status``."""
 
     def __init__(self, status: int, message: str) -> None:
@@ -16,11 +18,11 @@ class RoutingError(Exception):
         self.message = message
 
 
-class BlobFetchError(Exception):
+class BlobFetchError(FieldsyncError):
     """A blob a revision references could not be fetched or verified."""
 
 
-class DeltaApplyError(Exception):
+class DeltaApplyError(FieldsyncError):
     """A received delta could not be applied; ``code`` is the LiteCore error to answer with."""
 
     def __init__(self, code: int, message: str) -> None:

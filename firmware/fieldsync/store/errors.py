@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from fieldsync.errors import FieldsyncError
 
-class StoreError(Exception):
+
+class StoreError(FieldsyncError):
     """Base class of every error the store raises on purpose."""
 
     status: int = 500

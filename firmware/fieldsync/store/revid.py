@@ -18,6 +18,8 @@ import hashlib
 import re
 from typing import NamedTuple
 
+from fieldsync.errors import FieldsyncError
+
 #: Largest generation LiteCore accepts (it stores it as a 32-bit unsigned number).
 MAX_GENERATION = 2**32 - 1
 #: Size of LiteCore's binary revID buffer: varint generation followed by the digest bytes.
@@ -27,7 +29,7 @@ _BINARY_REVID_BYTES = 42
 _TREE_REVID = re.compile(r"([1-9][0-9]{0,9})-((?:[0-9a-f]{2})+)", re.ASCII)
 
 
-class BadRevisionID(ValueError):
+class BadRevisionID(FieldsyncError, ValueError):
     """A string that is not a valid tree revID."""
 
 

@@ -20,10 +20,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from fieldsync.errors import FieldsyncError
 from fieldsync.store import revid
 
 
-class BadHistory(ValueError):
+class BadHistory(FieldsyncError, ValueError):
     """A revision history whose generations do not descend one by one."""
 
 

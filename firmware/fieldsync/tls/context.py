@@ -34,6 +34,7 @@ neither, the leaf only).
 
 from __future__ import annotations
 
+import _ssl
 import contextlib
 import ctypes
 import os
@@ -42,14 +43,13 @@ import sys
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-if TYPE_CHECKING:
-    from fieldsync.listener.auth import ListenerCertificateAuthenticator
-    from fieldsync.tls.identity import TLSIdentity
+from fieldsync.errors import FieldsyncError
+from fieldsync.tls.client_auth import ListenerCertificateAuthenticator
 
 __all__ = [
     "TLS12_CIPHERS",
@@ -75,12 +75,20 @@ TLS12_CIPHERS = ":".join(
 )
 
 
-class ClientAuthUnsupported(RuntimeError):
+class Credentials(Protocol):
+    """A certificate chain with its private key (a ``TLSIdentity``), as PEM."""
+
+    def certificate_pem(self, *, chain: bool = True) -> str: ...
+
+    def private_key_pem(self, password: bytes | None = None) -> bytes: ...
+
+
+class ClientAuthUnsupported(FieldsyncError, RuntimeError):
     """This Python's ``ssl`` cannot be made to accept any client certificate."""
 
 
 def server_ssl_context(
-    identity: TLSIdentity, *, client_auth: ListenerCertificateAuthenticator | None = None
+    identity: Credentials, *, client_auth: ListenerCertificateAuthenticator | None = None
 ) -> ssl.SSLContext:
     """A server context presenting ``identity`` (its whole chain), TLS 1.2 and 1.3.
 
@@ -158,7 +166,7 @@ def client_ssl_context(
     *,
     pinned_certificate: x509.Certificate | None = None,
     root_certs: Sequence[x509.Certificate] | None = None,
-    identity: TLSIdentity | None = None,
+    identity: Credentials | None = None,
 ) -> ssl.SSLContext:
     """A client context for connecting to a listener, as a Couchbase Lite replicator would.
 
@@ -200,12 +208,10 @@ def _pem(certs: Sequence[x509.Certificate]) -> str:
 
 
 def _der_encoding() -> int:
-    import _ssl
-
     return int(_ssl.ENCODING_DER)
 
 
-def _load_identity(context: ssl.SSLContext, identity: TLSIdentity) -> None:
+def _load_identity(context: ssl.SSLContext, identity: Credentials) -> None:
     """``load_cert_chain`` from memory: Linux memfds, else a private temporary directory."""
     cert_pem = identity.certificate_pem().encode("ascii")
     key_pem = identity.private_key_pem()
@@ -281,8 +287,6 @@ class _AcceptAnyHook:
     def __init__(self) -> None:
         if sys.implementation.name != "cpython":
             raise ImportError("needs CPython's _ssl module")
-        import _ssl
-
         library = ctypes.CDLL(_ssl.__file__)  # symbols resolve through its libssl dependency
         self._set_verify = library.SSL_CTX_set_verify
         self._set_verify.argtypes = [ctypes.c_void_p, ctypes.c_int, _VERIFY_CALLBACK]

@@ -17,7 +17,8 @@ import logging
 import os
 import ssl
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Literal
+from dataclasses import dataclass
+from typing import Literal
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -26,6 +27,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, ObjectIdentifier
 
+from fieldsync.errors import FieldsyncError
+from fieldsync.tls.client_auth import ListenerCertificateAuthenticator
+from fieldsync.tls.context import server_ssl_context
 from fieldsync.tls.keystore import (
     Keystore,
     KeystoreEntryError,
@@ -33,9 +37,6 @@ from fieldsync.tls.keystore import (
     open_keystore,
     validate_alias,
 )
-
-if TYPE_CHECKING:
-    from fieldsync.listener.auth import ListenerCertificateAuthenticator
 
 __all__ = [
     "ANONYMOUS_RENEWAL_MARGIN",
@@ -55,7 +56,9 @@ __all__ = [
     "CERT_ATTR_STATE_OR_PROVINCE",
     "CERT_ATTR_SURNAME",
     "CERT_ATTR_URL",
+    "DEFAULT_SERVER_ALIAS",
     "DEFAULT_VALIDITY",
+    "ServerIdentity",
     "TLSIdentity",
     "TLSIdentityError",
 ]
@@ -113,8 +116,12 @@ KeyType = Literal["rsa", "ec"]
 AttributeValue = str | bytes | ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
-class TLSIdentityError(ValueError):
+class TLSIdentityError(FieldsyncError, ValueError):
     """An identity cannot be created, imported or used; the message says why."""
+
+
+#: The identity a listener presents when none is configured (``fieldsync run`` and the agent).
+DEFAULT_SERVER_ALIAS = "fieldsync"
 
 
 def _utc_now() -> dt.datetime:
@@ -258,18 +265,27 @@ class TLSIdentity:
         year) when less than :data:`ANONYMOUS_RENEWAL_MARGIN` of validity remains, or when the
         stored entry is corrupt (logged as a warning). Permission and decryption problems raise.
         """
+        identity, replaced = cls._anonymous(label, open_keystore(keystore))
+        if replaced is not None:
+            log.error("%s", replaced)
+        return identity
+
+    @classmethod
+    def _anonymous(cls, label: str, store: Keystore) -> tuple[TLSIdentity, str | None]:
+        """The anonymous identity for ``label`` and, when an unreadable stored one had to be
+        replaced (a new fingerprint: pinned phones will refuse it), a sentence saying so."""
         alias = cls.anonymous_alias(label)
-        store = open_keystore(keystore)
+        replaced = None
         with store.lock():
             try:
                 entry = store.load(alias)
             except KeystoreEntryError as exc:
-                log.warning("replacing the anonymous TLS identity: %s", exc)
+                replaced = exc.problem
                 entry = None
             if entry is not None:
                 identity = cls(entry.certs, entry.private_key, alias=alias)
                 if identity.expiration - _utc_now() > ANONYMOUS_RENEWAL_MARGIN:
-                    return identity
+                    return identity, None
                 log.info(
                     "renewing anonymous TLS identity %s (expires %s)", alias, identity.expiration
                 )
@@ -281,7 +297,68 @@ class TLSIdentity:
                 "created": _utc_now().isoformat(),
             }
             store.store(alias, fresh.certs, fresh.private_key, metadata, overwrite=True)
-            return cls(fresh.certs, fresh.private_key, alias=alias)
+            identity = cls(fresh.certs, fresh.private_key, alias=alias)
+        if replaced is not None:
+            replaced = (
+                f"the anonymous TLS identity {label!r} ({store.entry_path(alias)}) was unreadable "
+                f"({replaced}) and has been REPLACED: new certificate SHA-256 "
+                f"{identity.fingerprint_sha256}; phones that pinned the old one must pair again"
+            )
+        return identity, replaced
+
+    @classmethod
+    def server_identity(
+        cls,
+        alias: str = DEFAULT_SERVER_ALIAS,
+        *,
+        keystore: Keystore | str | os.PathLike[str] | None = None,
+        create: bool = True,
+        legacy_labels: Iterable[str] = (),
+    ) -> ServerIdentity:
+        """The identity a listener presents: THE alias rule, shared by ``fieldsync run``, the
+        agent and ``URLEndpointListener``.
+
+        1. A stored identity named ``alias`` (created or imported by the operator).
+        2. Otherwise, with ``create``, the anonymous identity labelled ``alias`` (self-signed,
+           kept across restarts, renewed before it expires). When there is none yet but one
+           exists under an older label (``legacy_labels``: how earlier versions named it), that
+           one is adopted, so a phone that pinned it keeps working.
+
+        A damaged named identity raises ``KeystoreEntryError``; a damaged anonymous one is
+        replaced and the result's ``replaced`` says so (never silently).
+        """
+        store = open_keystore(keystore)
+        entry = store.load(alias)
+        if entry is not None:
+            return ServerIdentity(cls(entry.certs, entry.private_key, alias=alias))
+        if not create:
+            raise TLSIdentityError(f"no TLS identity {alias!r} in {store.path}")
+        canonical = cls.anonymous_alias(alias)
+        if canonical not in store:
+            cls._adopt_legacy(store, alias, canonical, legacy_labels)
+        identity, replaced = cls._anonymous(alias, store)
+        return ServerIdentity(identity, replaced)
+
+    @classmethod
+    def _adopt_legacy(
+        cls, store: Keystore, label: str, canonical: str, legacy_labels: Iterable[str]
+    ) -> None:
+        for legacy in legacy_labels:
+            try:
+                entry = store.load(cls.anonymous_alias(legacy))
+            except KeystoreEntryError as exc:
+                log.warning("not adopting an older anonymous identity: %s", exc)
+                continue
+            if entry is None:
+                continue
+            metadata = dict(entry.metadata)
+            metadata["anonymous-label"] = json.dumps(label, ensure_ascii=True)
+            metadata["adopted-from"] = json.dumps(legacy, ensure_ascii=True)
+            with store.lock():
+                if canonical not in store:
+                    store.store(canonical, entry.certs, entry.private_key, metadata)
+            log.info("TLS identity: adopted the anonymous identity of %r as %r", legacy, label)
+            return
 
     @staticmethod
     def anonymous_alias(label: str) -> str:
@@ -411,8 +488,6 @@ class TLSIdentity:
         self, *, client_auth: ListenerCertificateAuthenticator | None = None
     ) -> ssl.SSLContext:
         """A server SSLContext presenting this identity; see ``tls.context.server_ssl_context``."""
-        from fieldsync.tls.context import server_ssl_context
-
         return server_ssl_context(self, client_auth=client_auth)
 
     def __repr__(self) -> str:
@@ -593,3 +668,12 @@ def _looks_like_pfx(data: bytes) -> bool:
     if offset + length != len(data):
         return False
     return data[offset : offset + 3] == b"\x02\x01\x03"
+
+
+@dataclass(frozen=True)
+class ServerIdentity:
+    """What :meth:`TLSIdentity.server_identity` found: the identity, and ``replaced``, a
+    sentence when an unreadable anonymous identity had to be replaced by a new one."""
+
+    identity: TLSIdentity
+    replaced: str | None = None

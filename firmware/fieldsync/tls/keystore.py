@@ -49,6 +49,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from fieldsync.errors import FieldsyncError
+
 __all__ = [
     "ENTRY_SUFFIX",
     "Keystore",
@@ -67,7 +69,9 @@ PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
 
 ENTRY_SUFFIX = ".pem"
 _FORMAT_VERSION = "1"
-_ROOT_KEYSTORE = Path("/var/lib/fieldsync/keys")
+#: The device keystore (the agent, and every command run as root).
+DEVICE_KEYSTORE = Path("/var/lib/fieldsync/keys")
+_ROOT_KEYSTORE = DEVICE_KEYSTORE
 _ALIAS_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}")
 _META_KEY_RE = re.compile(r"[a-z][a-z0-9-]{0,31}")
 _PEM_BLOCK_RE = re.compile(
@@ -81,7 +85,7 @@ _LOCK_NAME = ".lock"
 _TEMP_PREFIX = ".tmp-"
 
 
-class KeystoreError(Exception):
+class KeystoreError(FieldsyncError):
     """The keystore (or one of its files) cannot be used safely; the message says why."""
 
 
