@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
+from fieldsync import safejson
 from fieldsync.blip import BLIPSession, IncomingRequest
 from fieldsync.replication.messages import SET_CHECKPOINT, encode_json, with_collection
 from fieldsync.replication.ports import ReplicatedCollection, ReplicatedDatabase
@@ -53,7 +54,7 @@ def set_checkpoint(database: ReplicatedDatabase, request: IncomingRequest) -> No
         request.respond_error("BLIP", 400, "missing 'client' property")
         return
     try:
-        json.loads(request.body or b"null")
+        safejson.loads(request.body or b"null")
     except ValueError:
         request.respond_error("BLIP", 400, "checkpoint body is not JSON")
         return
@@ -85,7 +86,7 @@ def collection_checkpoints(
         if found is not None:
             body, rev = found
             with contextlib.suppress(ValueError):
-                loaded = json.loads(body)
+                loaded = safejson.loads(body)
                 if isinstance(loaded, dict):
                     entry = loaded
             entry["rev"] = rev

@@ -10,6 +10,8 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from fieldsync import safejson
+
 #: WebSocket subprotocols. CBMobile_2 is the 2.x name of CBMobile_3 (rev trees); CBMobile_4 is
 #: the version-vector protocol of Couchbase Lite 4.x (VV-NOTES.md).
 SUBPROTOCOL_V4 = "BLIP_3+CBMobile_4"
@@ -66,7 +68,7 @@ def parse_sequence(value: str | None) -> int:
     if not value:
         return 0
     try:
-        decoded = json.loads(value)
+        decoded = safejson.loads(value)
     except ValueError:
         return 0
     if isinstance(decoded, bool) or not isinstance(decoded, int):

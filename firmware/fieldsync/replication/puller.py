@@ -11,12 +11,12 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
-import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from fieldsync import safejson
 from fieldsync.blip import BLIPSession, IncomingRequest
 from fieldsync.replication import decisions
 from fieldsync.replication.deltas import (
@@ -225,7 +225,7 @@ class Puller:
         if self._on_sequence_done is None or raw_sequence is None:
             return
         try:
-            sequence = json.loads(raw_sequence)
+            sequence = safejson.loads(raw_sequence)
         except ValueError:
             sequence = raw_sequence
         self._on_sequence_done(index, sequence)
@@ -292,7 +292,11 @@ class Puller:
                 request.respond_error(DELTA_ERROR_DOMAIN, DELTA_ERROR_STATUS, exc.message)
                 return
         try:
-            document = json.loads(body)
+            document = safejson.loads(body)
+        except safejson.JSONTooDeep as exc:
+            request.respond_error("HTTP", 400, f"body of '{doc_id}' {rev_id}: {exc}")
+            self._stats.record_error(f"bad body for {doc_id}")
+            return
         except ValueError:
             document = None
         if not isinstance(document, dict):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from fieldsync import safejson
 from fieldsync.store.errors import InvalidInput
 
 #: Top-level keys that carry revision metadata in other representations; never part of a body.
@@ -53,7 +54,7 @@ def decode_incoming(data: bytes | bytearray | memoryview | str, *, deleted: bool
             return EMPTY_BODY
         raise InvalidInput("document body is empty")
     try:
-        parsed = json.loads(data)
+        parsed = safejson.loads(data)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidInput(f"document body is not valid JSON: {exc}") from None
     return encode_body(parsed)

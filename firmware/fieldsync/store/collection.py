@@ -350,12 +350,20 @@ class Collection:
         409 conflict (``no_conflicts`` set and its parent is not the current revision),
         400 malformed. Unknown ancestors in a history become body-less revisions."""
         results: list[InsertResult] = []
-        with self._engine.write() as conn:
+        with self._engine.write():
             for rev in revs:
+                # Each revision in its own savepoint: one that fails leaves nothing behind and
+                # never fails the others of its batch. Storage errors (sqlite3.Error) are the
+                # batch's: they propagate and the transaction is not committed.
                 try:
-                    results.append(self._insert_one(conn, rev))
+                    with self._engine.savepoint() as conn:
+                        results.append(self._insert_one(conn, rev))
                 except (InvalidInput, revid.BadRevisionID, BadHistory) as exc:
                     results.append(InsertResult(400, str(exc)))
+                except sqlite3.Error:
+                    raise
+                except (RecursionError, ValueError) as exc:
+                    results.append(InsertResult(400, f"cannot store this revision: {exc!r}"))
         return results
 
     def _insert_one(self, conn: sqlite3.Connection, rev: IncomingRevision) -> InsertResult:
