@@ -22,6 +22,7 @@ from fieldsync.listener.auth import load_users_file
 from fieldsync.listener.config import DEFAULT_PORT
 from fieldsync.listener.passwords import hash_password
 from fieldsync.store import Database, StoreError
+from fieldsync.store.housekeeper import Housekeeper
 from fieldsync.store.paths import default_database_path
 from fieldsync.tls.identity import DEFAULT_SERVER_ALIAS
 
@@ -150,10 +151,13 @@ async def _serve(
             loop.add_signal_handler(signum, stop.set)
     await listener.start()
     _print_banner(database, listener, config, name)
+    housekeeper = Housekeeper(database)  # purges expired documents on time (issue 14)
+    await housekeeper.start()
     try:
         await stop.wait()
     finally:
         print("fieldsync: stopping", flush=True)
+        await housekeeper.stop()
         await listener.stop()
 
 
