@@ -28,6 +28,7 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
+from fieldsync import __version__
 from fieldsync.errors import FieldsyncError
 
 log = logging.getLogger(__name__)
@@ -261,6 +262,4 @@ def _json_default(value: Any) -> Any:
 
 
 def _version() -> str:
-    from fieldsync import __version__
-
     return __version__

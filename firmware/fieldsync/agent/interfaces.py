@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import netifaces
+import pyudev
 
 from fieldsync.listener.sockets import SO_BINDTODEVICE
 
@@ -552,8 +553,6 @@ def _open_udev_monitor(*, required: bool) -> Any:
             raise RuntimeError("udev is not running here (/run/udev does not exist)")
         return None
     try:
-        import pyudev
-
         monitor = pyudev.Monitor.from_netlink(pyudev.Context())
         monitor.filter_by(subsystem="net")
         monitor.start()

@@ -16,11 +16,14 @@ Rev-tree invariants checked per document:
 from __future__ import annotations
 
 import hashlib
+import json
+import sqlite3
 from collections import defaultdict
+from collections.abc import Iterator
 from typing import Protocol
 
 from fieldsync.store import revid
-from fieldsync.store.blobs import BlobStore, digest_for
+from fieldsync.store.blobs import BlobStore, digest_for, find_blobs
 from fieldsync.store.engine import Engine
 from fieldsync.store.revtree import RevNode, RevTree
 
@@ -133,8 +136,6 @@ def check_rev_trees(engine: Engine, progress: Progress | None = None) -> list[st
 
 def check_missing_blobs(database: IntegrityOwner) -> list[str]:
     """Blobs a current or conflicting revision references that are not stored."""
-    from fieldsync.store.maintenance import referenced_digests
-
     with database.engine.locked() as conn:
         used = referenced_digests(conn)
     return [
@@ -156,3 +157,28 @@ def check_integrity(
     if len(problems) > MAX_PROBLEMS:
         problems = [*problems[:MAX_PROBLEMS], f"… and {len(problems) - MAX_PROBLEMS} more"]
     return problems, checked
+
+
+def _leaf_bodies(conn: sqlite3.Connection) -> Iterator[bytes]:
+    # instr() skips bodies that cannot hold a blob reference without parsing them.
+    cursor = conn.execute(
+        "SELECT body FROM revs r WHERE body IS NOT NULL AND instr(body, '\"digest\"') > 0 "
+        "AND NOT EXISTS (SELECT 1 FROM revs c WHERE c.doc = r.doc AND c.parent = r.rev_id)"
+    )
+    for (body,) in cursor:
+        yield bytes(body)
+
+
+def referenced_digests(conn: sqlite3.Connection) -> set[str]:
+    """Digests of the blobs every stored leaf body references."""
+    digests: set[str] = set()
+    for body in _leaf_bodies(conn):
+        try:
+            parsed = json.loads(body)
+        except ValueError:
+            continue
+        if isinstance(parsed, dict):
+            digests.update(
+                b["digest"] for b in find_blobs(parsed) if isinstance(b.get("digest"), str)
+            )
+    return digests

@@ -50,14 +50,15 @@ import logging
 import shutil
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from fieldsync.store import expiry
-from fieldsync.store.blobs import BlobStore, find_blobs
+from fieldsync.store.blobs import BlobStore
 from fieldsync.store.engine import Engine
+from fieldsync.store.integrity import check_integrity, referenced_digests
 from fieldsync.store.paths import DATABASE_FILE
 from fieldsync.store.revtree import RevNode, RevTree
 
@@ -239,8 +240,6 @@ def perform_maintenance(
     if kind is MaintenanceType.COMPACT:
         _compact(database, policy, result, progress)
     elif kind is MaintenanceType.INTEGRITY_CHECK:
-        from fieldsync.store.integrity import check_integrity
-
         result.problems, result.blobs_checked = check_integrity(database, progress)
         result.ok = not result.problems
     elif kind is MaintenanceType.REINDEX:
@@ -447,31 +446,6 @@ def purge_old_tombstones(
 
 
 # -- blobs --------------------------------------------------------------------------------------
-
-
-def _leaf_bodies(conn: sqlite3.Connection) -> Iterator[bytes]:
-    # instr() skips bodies that cannot hold a blob reference without parsing them.
-    cursor = conn.execute(
-        "SELECT body FROM revs r WHERE body IS NOT NULL AND instr(body, '\"digest\"') > 0 "
-        "AND NOT EXISTS (SELECT 1 FROM revs c WHERE c.doc = r.doc AND c.parent = r.rev_id)"
-    )
-    for (body,) in cursor:
-        yield bytes(body)
-
-
-def referenced_digests(conn: sqlite3.Connection) -> set[str]:
-    """Digests of the blobs every stored leaf body references."""
-    digests: set[str] = set()
-    for body in _leaf_bodies(conn):
-        try:
-            parsed = json.loads(body)
-        except ValueError:
-            continue
-        if isinstance(parsed, dict):
-            digests.update(
-                b["digest"] for b in find_blobs(parsed) if isinstance(b.get("digest"), str)
-            )
-    return digests
 
 
 def collect_blobs(
