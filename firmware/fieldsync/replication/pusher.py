@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from fieldsync import fastjson
 from fieldsync.blip import BLIPSession, IncomingResponse
 from fieldsync.replication.deltas import DeltaEncoder, is_delta_error
 from fieldsync.replication.errors import ReplicationError
@@ -100,7 +101,9 @@ class Pusher:
         self._revs_outstanding = 0  # queued or awaiting a reply
         self._rev_room = asyncio.Event()  # set when the byte window has room
         self._rev_room.set()
-        self._queue_room = asyncio.Event()  # set when fewer than MAX_REVS_QUEUED are queued
+        self._queue_room = (
+            asyncio.Event()
+        )  # set when fewer than MAX_REVS_QUEUED are queued
         self._queue_room.set()
         self._revs_idle = asyncio.Event()  # set when no revision is queued or in flight
         self._revs_idle.set()
@@ -169,7 +172,11 @@ class Pusher:
 
     def _send_caught_up(self) -> None:
         self._session.send_nowait(
-            self._mode.profile, with_collection({}, self._index), b"[]", urgent=True, no_reply=True
+            self._mode.profile,
+            with_collection({}, self._index),
+            b"[]",
+            urgent=True,
+            no_reply=True,
         )
 
     async def wait_idle(self) -> None:
@@ -189,7 +196,11 @@ class Pusher:
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None and self.failed is None:
+        if (
+            not task.cancelled()
+            and task.exception() is not None
+            and self.failed is None
+        ):
             self.failed = task.exception()
 
     async def close(self) -> None:
@@ -245,18 +256,24 @@ class Pusher:
         if is_true(reply.properties.get("deltas")):
             self._deltas_ok = True
         try:
-            answers = json.loads(reply.body) if reply.body else []
+            answers = fastjson.loads(reply.body) if reply.body else []
         except ValueError:
             answers = None
         if not isinstance(answers, list):
             self._stats.in_flight -= len(changes)
-            raise ReplicationError(f"peer sent a malformed reply to changes for {self.name}")
+            raise ReplicationError(
+                f"peer sent a malformed reply to changes for {self.name}"
+            )
         for position, change in enumerate(changes):
             answer = answers[position] if position < len(answers) else 0
             known, conflict = self._mode.wanted(change, answer)
             if conflict is not None:
                 self.conflicts.append((change.doc_id, conflict))
-                log.info("%s: peer has a conflicting revision of '%s'", self.name, change.doc_id)
+                log.info(
+                    "%s: peer has a conflicting revision of '%s'",
+                    self.name,
+                    change.doc_id,
+                )
             if known is None:
                 self._stats.in_flight -= 1
                 self.tracker.complete(change.sequence)
@@ -364,12 +381,18 @@ class Pusher:
             properties["history"] = spelled.history
         properties.update(self._mode.rev_properties())
         body = revision.body
-        if body is None:  # replaced above by a revision that has one, or answered with norev
+        if (
+            body is None
+        ):  # replaced above by a revision that has one, or answered with norev
             self._rev_finished(change)
             return
         if b'"digest"' in body:
             self._remember_blobs(body)
-        encoder = self._options.delta_encoder if deltas and self._deltas_ok and known else None
+        encoder = (
+            self._options.delta_encoder
+            if deltas and self._deltas_ok and known
+            else None
+        )
         message_body = body
         if encoder is not None:
             base_names = {rev_id: name for name, rev_id in spelled.delta_bases}
@@ -385,7 +408,13 @@ class Pusher:
         self._rev_bytes += size
         sent.add_done_callback(
             functools.partial(
-                self._rev_replied, change, known, max_history, properties, revision, size
+                self._rev_replied,
+                change,
+                known,
+                max_history,
+                properties,
+                revision,
+                size,
             )
         )
 
@@ -405,7 +434,9 @@ class Pusher:
         if future.cancelled() or future.exception() is not None:
             if self.failed is None:
                 self.failed = (
-                    future.exception() if not future.cancelled() else asyncio.CancelledError()
+                    future.exception()
+                    if not future.cancelled()
+                    else asyncio.CancelledError()
                 )
             self._rev_finished(change)
             return
@@ -421,7 +452,11 @@ class Pusher:
             self._rev_finished(change)
 
     def _handle_rev_reply(
-        self, change: Change, spelled_rev: str, revision: Revision, reply: IncomingResponse
+        self,
+        change: Change,
+        spelled_rev: str,
+        revision: Revision,
+        reply: IncomingResponse,
     ) -> None:
         if reply.is_error:
             message = (

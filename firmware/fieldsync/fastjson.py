@@ -1,0 +1,77 @@
+"""The one JSON codec of the hot paths: orjson where it gives exactly the standard library's
+result, ``json`` otherwise.
+
+Why orjson (issue 13): parsing and re-encoding every document body and every protocol message
+with ``json`` was ~10 % of the server's CPU in a 10,000-document push; orjson (Rust, wheels for
+aarch64/armv7 and x86-64) does both several times faster. It differs from ``json`` in a few
+corners, and each is sent to ``json`` so that results never change:
+
+- integers beyond 64 bits are parsed by orjson as floats (precision lost): input with a run of
+  19+ digits is parsed by ``json``;
+- orjson refuses what ``json`` accepts (NaN/Infinity, lone surrogates, nesting past 1,024):
+  anything orjson refuses is parsed again by ``json``, which accepts it or raises its own error;
+- orjson writes NaN/Infinity as ``null`` and exponents as ``1e16`` (``json``: ``1e+16``):
+  output with ``null`` or an exponent-like digit run is encoded again by ``json``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import orjson
+
+__all__ = ["dumps", "dumps_canonical", "loads"]
+
+_LONG_DIGITS = re.compile(rb"\d{19}")
+_LONG_DIGITS_TEXT = re.compile(r"\d{19}")
+_MAYBE_SPECIAL = re.compile(rb"null|\de[-\d]")
+# Types orjson would encode and ``json`` refuses (datetime, dataclasses, subclasses) go to
+# ``json``, which raises TypeError as before.
+_OPTIONS = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
+_OPTIONS |= orjson.OPT_PASSTHROUGH_SUBCLASS
+
+
+def loads(data: bytes | str) -> Any:
+    """``json.loads(data)``, faster. Raises what ``json.loads`` raises (``ValueError``,
+    ``RecursionError`` for absurd nesting)."""
+    pattern = _LONG_DIGITS_TEXT if isinstance(data, str) else _LONG_DIGITS
+    if pattern.search(data) is None:  # type: ignore[arg-type]
+        try:
+            return orjson.loads(data)
+        except orjson.JSONDecodeError:
+            pass
+    return json.loads(data)
+
+
+def dumps(value: Any) -> bytes:
+    """Compact UTF-8 JSON, as ``json.dumps(value, separators=(",", ":"), ensure_ascii=False)``
+    encoded: the protocol's message bodies."""
+    try:
+        out = orjson.dumps(value, option=_OPTIONS)
+    except TypeError:
+        out = None
+    if out is None or _MAYBE_SPECIAL.search(out) is not None:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode(
+            "utf-8"
+        )
+    return out
+
+
+def dumps_canonical(value: Any) -> bytes:
+    """Sorted keys, compact, UTF-8, NaN refused (``ValueError``): the store's canonical form.
+    For values made of JSON types (what :func:`loads` returns)."""
+    try:
+        out = orjson.dumps(value, option=_OPTIONS | orjson.OPT_SORT_KEYS)
+    except TypeError:
+        out = None
+    if out is None or _MAYBE_SPECIAL.search(out) is not None:
+        return json.dumps(
+            value,
+            sort_keys=True,
+            separators=(",", ":"),
+            ensure_ascii=False,
+            allow_nan=False,
+        ).encode("utf-8")
+    return out
