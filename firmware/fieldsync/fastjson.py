@@ -53,9 +53,7 @@ def dumps(value: Any) -> bytes:
     except TypeError:
         out = None
     if out is None or _MAYBE_SPECIAL.search(out) is not None:
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode(
-            "utf-8"
-        )
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     return out
 
 

@@ -101,9 +101,7 @@ class Pusher:
         self._revs_outstanding = 0  # queued or awaiting a reply
         self._rev_room = asyncio.Event()  # set when the byte window has room
         self._rev_room.set()
-        self._queue_room = (
-            asyncio.Event()
-        )  # set when fewer than MAX_REVS_QUEUED are queued
+        self._queue_room = asyncio.Event()  # set when fewer than MAX_REVS_QUEUED are queued
         self._queue_room.set()
         self._revs_idle = asyncio.Event()  # set when no revision is queued or in flight
         self._revs_idle.set()
@@ -196,11 +194,7 @@ class Pusher:
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
-        if (
-            not task.cancelled()
-            and task.exception() is not None
-            and self.failed is None
-        ):
+        if not task.cancelled() and task.exception() is not None and self.failed is None:
             self.failed = task.exception()
 
     async def close(self) -> None:
@@ -261,9 +255,7 @@ class Pusher:
             answers = None
         if not isinstance(answers, list):
             self._stats.in_flight -= len(changes)
-            raise ReplicationError(
-                f"peer sent a malformed reply to changes for {self.name}"
-            )
+            raise ReplicationError(f"peer sent a malformed reply to changes for {self.name}")
         for position, change in enumerate(changes):
             answer = answers[position] if position < len(answers) else 0
             known, conflict = self._mode.wanted(change, answer)
@@ -381,18 +373,12 @@ class Pusher:
             properties["history"] = spelled.history
         properties.update(self._mode.rev_properties())
         body = revision.body
-        if (
-            body is None
-        ):  # replaced above by a revision that has one, or answered with norev
+        if body is None:  # replaced above by a revision that has one, or answered with norev
             self._rev_finished(change)
             return
         if b'"digest"' in body:
             self._remember_blobs(body)
-        encoder = (
-            self._options.delta_encoder
-            if deltas and self._deltas_ok and known
-            else None
-        )
+        encoder = self._options.delta_encoder if deltas and self._deltas_ok and known else None
         message_body = body
         if encoder is not None:
             base_names = {rev_id: name for name, rev_id in spelled.delta_bases}
@@ -434,9 +420,7 @@ class Pusher:
         if future.cancelled() or future.exception() is not None:
             if self.failed is None:
                 self.failed = (
-                    future.exception()
-                    if not future.cancelled()
-                    else asyncio.CancelledError()
+                    future.exception() if not future.cancelled() else asyncio.CancelledError()
                 )
             self._rev_finished(change)
             return
