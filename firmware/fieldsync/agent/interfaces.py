@@ -23,7 +23,7 @@ import logging
 import os
 import socket
 import struct
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -413,7 +413,7 @@ class InterfaceWatcher:
         self._callbacks.append(callback)
         return lambda: self._callbacks.remove(callback) if callback in self._callbacks else None
 
-    async def __aiter__(self) -> AsyncIterator[InterfaceState]:
+    async def __aiter__(self) -> AsyncGenerator[InterfaceState, None]:
         subscription = _Subscription()
         self._subscriptions.append(subscription)
         try:

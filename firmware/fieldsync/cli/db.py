@@ -274,7 +274,7 @@ def cmd_delete(args: argparse.Namespace) -> int:
 @_guarded
 def cmd_info(args: argparse.Namespace) -> int:
     with _open(args) as db:
-        collections = [
+        collections: list[dict[str, Any]] = [
             {
                 "name": c.full_name,
                 "documents": c.count(),
@@ -284,7 +284,7 @@ def cmd_info(args: argparse.Namespace) -> int:
             for c in db.collections()
         ]
         digests = list(db.blobs.digests())
-        info = {
+        info: dict[str, Any] = {
             "path": str(db.path),
             "name": db.name,
             "size": db.disk_size(),

@@ -75,7 +75,7 @@ def _ssl_context(args: argparse.Namespace) -> ssl.SSLContext | None:
 
 
 def sync(args: argparse.Namespace) -> int:
-    from fieldsync.listener.assembly import run_event_loop
+    from fieldsync.listener.assembly import run_event_loop, served_collections
     from fieldsync.replicator import (
         ReplicationError,
         Replicator,
@@ -87,7 +87,7 @@ def sync(args: argparse.Namespace) -> int:
     from fieldsync.store.paths import default_database_path
 
     database = Database.open(args.db or default_database_path(), create=True)
-    collections = [database.collection(name, create=True) for name in args.collection] or None
+    collections = served_collections(database, args.collection) or None
     username = password = None
     if args.user:
         username, _, password = args.user.partition(":")

@@ -371,8 +371,8 @@ class Keystore:
             if line.startswith("-----BEGIN"):
                 break
             if line.startswith("# ") and ": " in line:
-                key, _, value = line[2:].partition(": ")
-                header[key] = value
+                name, _, value = line[2:].partition(": ")
+                header[name] = value
         if header.get("format") != _FORMAT_VERSION:
             raise corrupt(f"unsupported entry format {header.get('format')!r}")
         if header.get("alias") != alias:
