@@ -465,3 +465,27 @@ def test_phone_upgraded_after_syncing_over_cbmobile3_is_not_a_conflict(coll: Col
     # a phone that held R but whose edit is older than what we have now: conflict
     [r] = coll.insert_versioned([pushed("u1", ver(OTHER_PHONE, 3), rev_r, peer="q")])
     assert r.status == 409
+
+
+def test_phone_editing_a_legacy_doc_it_got_as_rte_version(v1_database: Path) -> None:
+    """A legacy document sent to a 4.x phone as its RTE version: the phone's edit names that
+    RTE version as parent (and carries it as pv). It is an update, not a conflict."""
+    with Database.open(v1_database) as db:
+        coll = db.default_collection
+        legacy = coll.get_versions("doc-1")
+        assert legacy is not None and legacy.hlv is None
+        rte = vv.legacy_version(legacy.rev_id)
+        edit = Version.parse(ver(PHONE, 1))
+        assert coll.check_proposed_version("doc-1", edit, rte) == (0, None)
+        [r] = coll.insert_versioned([pushed("doc-1", str(edit), str(rte), {"by": "phone"})])
+        assert r.status == 201
+        after = coll.get_versions("doc-1")
+        assert after is not None and after.hlv is not None and after.hlv.cv == edit
+        assert coll.rev_history("doc-1", after.rev_id)[1] == legacy.rev_id
+        # an RTE version that is not this revision's: conflict
+        other = coll.get_versions("doc-3")
+        assert other is not None and other.hlv is None
+        wrong = vv.legacy_version("9-" + "ab" * 20)
+        assert coll.check_proposed_version("doc-3", edit, wrong)[0] == 409
+        [r] = coll.insert_versioned([pushed("doc-3", str(edit), str(wrong))])
+        assert r.status == 409

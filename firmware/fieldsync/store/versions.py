@@ -222,7 +222,9 @@ def legacy_version(rev_id: str) -> Version:
 
 def legacy_matches(rev_id: str, version: Version) -> bool:
     """Whether a legacy revID and an RTE version name the same revision."""
-    return version.is_legacy and legacy_version(rev_id) == version
+    if not version.is_legacy or revid.generation(rev_id) >= 1 << 23:
+        return False
+    return legacy_version(rev_id) == version
 
 
 # -- vectors ------------------------------------------------------------------------------------
@@ -633,6 +635,8 @@ def decide_proposed(
         return 0, None
     if parent is None and current.deleted:
         return 0, None
+    if isinstance(parent, Version) and parent.is_legacy and legacy_matches(current.rev_id, parent):
+        parent = current.rev_id  # a legacy revID and its RTE version are the same revision
     if isinstance(parent, str) and parent == current.rev_id:
         if isinstance(rev, Version) and rev.is_legacy and legacy_matches(current.rev_id, rev):
             return 304, None
@@ -659,6 +663,12 @@ def decide_proposed(
     return 409, str(hlv.cv)
 
 
+def _holds_rte_of(vector: HLV, current: DocVersions) -> bool:
+    """Whether ``vector`` covers the RTE version of the document's current (legacy) revID."""
+    known = vector.time_of(RTE_SOURCE)
+    return known is not None and legacy_matches(current.rev_id, Version(known, RTE_SOURCE))
+
+
 def decide_incoming(current: DocVersions | None, incoming: VersionWithLegacy) -> Order:
     """How a revision a 4.x phone pushed relates to the stored document, incoming first:
     NEWER store it; SAME/OLDER nothing to store; CONFLICT refuse (409).
@@ -677,6 +687,9 @@ def decide_incoming(current: DocVersions | None, incoming: VersionWithLegacy) ->
     hlv = current.hlv
     if hlv is None:
         order = compare_with_legacy(incoming, VersionWithLegacy(None, (current.rev_id,)))
+        if order is Order.CONFLICT and vector is not None and _holds_rte_of(vector, current):
+            # The phone got this legacy revision as its RTE version and edited it.
+            order = Order.NEWER
     elif vector is None:
         order = compare_with_legacy(incoming, current.with_legacy())
     else:
