@@ -88,11 +88,13 @@ def test_info_text_and_json(capsys, dbpath):
     status, out, _ = run(capsys, "db", "--db", dbpath, "info")
     assert status == 0
     assert str(Path(dbpath).resolve()) in out and "bytes on disk" in out
-    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines()[7:]}
+    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines()[8:]}
     assert rows == {"_default._default": ["1", "1", "3"], "s.c": ["1", "0", "1"]}
     status, out, _ = run(capsys, "db", "--db", dbpath, "info", "--json")
     info = json.loads(out)
     assert info["name"] == "clidb" and info["size"] > 0
+    with Database.open(dbpath, create=False) as db:
+        assert info["source_id"] == db.source_id.text
     assert info["collections"][0] == {
         "name": "_default._default",
         "documents": 1,

@@ -287,6 +287,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         info: dict[str, Any] = {
             "path": str(db.path),
             "name": db.name,
+            "source_id": db.source_id.text,
             "size": db.disk_size(),
             "blobs": len(digests),
             "blob_bytes": db.blobs.total_size(),
@@ -300,6 +301,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         return 0
     print(f"database    {info['path']}")
     print(f"name        {info['name']}")
+    print(f"source ID   {info['source_id']} (version vectors)")
     print(f"size        {info['size']} bytes on disk")
     print(f"blobs       {info['blobs']} ({info['blob_bytes']} bytes)")
     print(f"free space  {info['free_bytes']} bytes")
