@@ -75,6 +75,8 @@ class PassiveReplicator:
             wire=wire,
         )
         self.stats = self.session.stats
+        # Collections with a subChanges feed running on this connection.
+        self._feeding: set[str] = set()
         register = self.session.register
         register(GET_CHECKPOINT, self._get_checkpoint)
         register(SET_CHECKPOINT, self._set_checkpoint)
@@ -167,6 +169,13 @@ class PassiveReplicator:
         if properties.get("filter"):
             request.respond_error("LiteCore", 19, "Filtering not supported")
             return
+        if target.full_name in self._feeding:  # one feed per collection, as Sync Gateway
+            request.respond_error(
+                "HTTP",
+                409,
+                f"a subChanges feed of {target.full_name} is already running on this connection",
+            )
+            return
         doc_ids = None
         if request.body:
             try:
@@ -201,7 +210,10 @@ class PassiveReplicator:
             " continuously" if push_options.continuous else "",
             push_options.since,
         )
-        self.session.start_feed(pusher)
+        name = target.full_name
+        self._feeding.add(name)
+        feed = self.session.start_feed(pusher)
+        feed.add_done_callback(lambda _task: self._feeding.discard(name))
 
     def _get_attachment(
         self, request: IncomingRequest, _target: Target, _index: int | None

@@ -134,12 +134,13 @@ class ReplicationSession:
         self.pushers.append(pusher)
         return pusher
 
-    def start_feed(self, pusher: Pusher) -> None:
+    def start_feed(self, pusher: Pusher) -> asyncio.Task[None]:
         """Run a pusher in the background until caught up (or the connection ends); a failing
-        feed is logged and counted, never fatal to the connection."""
+        feed is logged and counted, never fatal to the connection. Returns its task."""
         task = asyncio.get_running_loop().create_task(self._run_feed(pusher))
         self._feeds.add(task)
         task.add_done_callback(self._feeds.discard)
+        return task
 
     async def _run_feed(self, pusher: Pusher) -> None:
         try:
