@@ -31,6 +31,7 @@ from litecore import LiteCore, LiteDatabase
 
 listener_mod = pytest.importorskip("fieldsync.listener", reason="fieldsync.listener not importable")
 store_mod = pytest.importorskip("fieldsync.store", reason="fieldsync.store not importable")
+legacy_version = pytest.importorskip("fieldsync.store.versions").legacy_version
 
 
 @pytest.fixture
@@ -83,8 +84,9 @@ async def sync(
 
 
 def same_docs(device: Any, phone: LiteDatabase, collection: str = "_default._default") -> None:
-    """Identical live documents and bodies on both sides; the phone's current global revID is
-    the device's cv; nothing conflicted on the phone."""
+    """Identical live documents and bodies on both sides; the phone's current revision is the
+    device's (its cv, or its rev-tree revID for a rev-tree phone or a legacy doc); nothing
+    conflicted on the phone."""
     on_device = {d: body for d, (_, body) in device_docs(device).items()}
     on_phone = {d: body for d, (_, body) in phone_docs(phone, collection).items()}
     assert on_device == on_phone
@@ -92,12 +94,13 @@ def same_docs(device: Any, phone: LiteDatabase, collection: str = "_default._def
         doc = phone.get(doc_id, collection)
         assert doc is not None and not doc["conflicted"], doc
         versions = device.get_versions(doc_id)
-        if phone.version_vectors and versions.hlv is not None:
-            assert doc["globalRevID"].split(";")[0].split(",")[0] == str(versions.hlv.cv), (
-                doc_id,
-                doc,
-                versions,
-            )
+        current = doc["globalRevID"].split(";")[0].split(",")[0].strip()
+        if "@" not in current:  # a rev-tree phone, or a legacy doc on an upgraded phone
+            assert current == versions.rev_id, (doc_id, doc, versions)
+        elif versions.hlv is None:  # a device doc without vector goes to 4.x as RTE(revID)
+            assert current == str(legacy_version(versions.rev_id)), (doc_id, doc, versions)
+        else:
+            assert current == str(versions.hlv.cv), (doc_id, doc, versions)
 
 
 def conflicted(phone: LiteDatabase, collection: str = "_default._default") -> set[str]:
@@ -461,3 +464,140 @@ async def test_mixed_fleet_resolution_is_an_ordinary_update(
     assert not conflicted(four)
     same_docs(device, three)
     same_docs(device, four)
+
+
+# -- a phone upgraded from rev trees: legacy revIDs in a CBMobile_4 session (VV-NOTES §3.3) ------
+
+
+async def test_upgraded_phone_no_spurious_conflict(
+    litecore41: LiteCore, listener: Any, device_db: Any, tmp_path: Path
+) -> None:
+    """A 4.1 phone synced as a rev-tree database (CBMobile_3), then opened with version
+    vectors (what a Couchbase Lite 4.x app update does): its documents keep their legacy revIDs
+    until saved. Pulls must reach it as newer (the tail down to its legacy revID, then its
+    learned lastLegacyRevID), its own first VV saves must be accepted, and an unpushed
+    rev-tree edit made before the upgrade goes up as a legacy revID."""
+    device = device_db.default_collection
+    for i in range(6):
+        device.save_document(f"u{i}", {"i": i})
+    phone = litecore41.open_db(tmp_path / "up", "up")
+    try:
+        phone.put("mine", {"from": "phone"})
+        await sync(phone, listener)  # CBMobile_3: a rev-tree 4.1 database offers only 3
+        phone.put("u5", {"i": 5, "edited": "before the upgrade"})  # not pushed yet
+    finally:
+        phone.close()
+    phone = litecore41.open_db(tmp_path / "up", "up", version_vectors=True)
+    try:
+        assert not phone.get("u0")["revID"].count("@")  # still legacy
+        # 1. The device edits a doc the phone holds as legacy: newer, not a conflict.
+        device.save_document("u0", {"i": 0, "by": "device"})
+        # 2. The phone saves its first VV revision over a legacy doc and pushes it.
+        phone.put("u1", {"i": 1, "by": "phone"})
+        ended = await sync(phone, listener)
+        assert not conflicted(phone), ended
+        assert device.get_document("u1").body == {"i": 1, "by": "phone"}
+        assert device.get_document("u5").body == {"i": 5, "edited": "before the upgrade"}
+        assert phone.get("u0")["body"] == {"i": 0, "by": "device"}
+        same_docs(device, phone)
+        # 3. The device edits both again: the phone now holds vectors with a lastLegacyRevID.
+        for doc_id in ("u0", "u1", "u5"):
+            current = device.get_document(doc_id)
+            device.save_document(
+                doc_id, dict(current.body, again=True), expected_rev=current.rev_id
+            )
+        ended = await sync(phone, listener)
+        assert not conflicted(phone), ended
+        same_docs(device, phone)
+        # 4. A real conflict on an upgraded doc is still a conflict, and resolves.
+        device.save_document("u2", {"i": 2, "by": "device"})
+        phone.put("u2", {"i": 2, "by": "phone"})
+        await sync(phone, listener, conflicts_ok=True)
+        assert conflicted(phone) == {"u2"}
+        _resolve_all(phone)
+        await sync(phone, listener)
+        await sync(phone, listener)
+        assert not conflicted(phone)
+        same_docs(device, phone)
+    finally:
+        phone.close()
+
+
+async def test_upgraded_device_serves_legacy_docs(
+    litecore41: LiteCore, phone41_vv: LiteDatabase, tmp_path: Path
+) -> None:
+    """A device database from before version vectors (the schema-1 fixture of tests/store):
+    its untouched documents have no vector and go to a 4.x phone as RTE versions of their
+    revIDs (a bare legacy revID breaks a fresh LiteCore 4.1 phone's next pull of that doc);
+    the device app's and the phone's later edits then replicate both ways as versions, with no
+    conflict, and a rev-tree phone (4.1, CBMobile_3) still sees one rev tree."""
+    import sqlite3
+
+    from fieldsync.store.paths import DATABASE_FILE
+
+    fixture = Path(__file__).parent.parent / "store" / "fixtures" / "schema_v1.sql"
+    if not fixture.is_file():
+        pytest.skip(f"no schema-1 fixture at {fixture}")
+    directory = tmp_path / "old" / "device"  # served as /device
+    directory.mkdir(parents=True)
+    conn = sqlite3.connect(directory / DATABASE_FILE)
+    conn.executescript(fixture.read_text())
+    conn.close()
+    device_db = store_mod.Database.open(directory)
+    server = await _start(device_db)
+    rev_tree_phone = litecore41.open_db(tmp_path / "rt", "rt")
+    try:
+        device = device_db.default_collection
+        legacy = {c.doc_id: c.rev_id for c in device.changes_since(0) if c.version is None}
+        assert legacy, "the fixture's documents should start without vectors"
+        await sync(phone41_vv, server)
+        same_docs(device, phone41_vv)
+        for doc_id, rev_id in legacy.items():
+            doc = phone41_vv.get(doc_id)
+            if doc is not None and not doc["deleted"]:  # sent as RTE(revID), never bare
+                assert doc["revID"] == str(legacy_version(rev_id)), (doc_id, doc)
+        live = sorted(d for d in legacy if device.get_document(d) is not None)
+        first, second = live[0], live[1]
+        # The device app edits one legacy doc, the phone another.
+        current = device.get_document(first)
+        device.save_document(first, dict(current.body, by="device"), expected_rev=current.rev_id)
+        phone41_vv.put(second, dict(phone41_vv.get(second)["body"], by="phone"))
+        await sync(phone41_vv, server)
+        assert not conflicted(phone41_vv)
+        same_docs(device, phone41_vv)
+        assert device.get_document(second).body["by"] == "phone"
+        # Round trip again on the same two docs, other way round.
+        current = device.get_document(second)
+        device.save_document(
+            second, dict(current.body, again="device"), expected_rev=current.rev_id
+        )
+        phone41_vv.put(first, dict(phone41_vv.get(first)["body"], again="phone"))
+        await sync(phone41_vv, server)
+        assert not conflicted(phone41_vv)
+        same_docs(device, phone41_vv)
+        # A rev-tree phone sees the same documents as one rev tree.
+        await sync(rev_tree_phone, server)
+        same_docs(device, rev_tree_phone)
+    finally:
+        rev_tree_phone.close()
+        await server.stop()
+        device_db.close()
+
+
+async def test_41_rev_tree_push_only_phone_gets_cbmobile4_and_legacy_revids(
+    listener: Any, device_db: Any, phone41: LiteDatabase, phone: LiteDatabase
+) -> None:
+    """A 4.1 rev-tree database pushing only offers ``CBMobile_4,CBMobile_3``; the listener
+    picks 4 (as Sync Gateway does) and the phone sends rev-tree revIDs in that session. They
+    land as the same rev-tree revisions a 3.x phone then pulls."""
+    revs = {f"rt{i}": phone41.put(f"rt{i}", {"i": i}) for i in range(5)}
+    ended = await sync(phone41, listener, pull=False)
+    assert {d.doc_id for d in ended if d.pushing} == set(revs)
+    device = device_db.default_collection
+    for doc_id, rev in revs.items():
+        assert device.get_document(doc_id).rev_id == rev
+    phone41.put("rt0", {"i": 0, "again": True})
+    await sync(phone41, listener, pull=False)
+    await sync(phone, listener)  # a 3.2 phone
+    same_docs(device, phone)
+    assert phone.get("rt0")["revID"] == phone41.get("rt0")["revID"]

@@ -27,6 +27,7 @@ from fieldsync.store.versions import (
     Version,
     VersionWithLegacy,
     compare_with_legacy,
+    legacy_version,
     parse_rev_history,
 )
 
@@ -80,7 +81,8 @@ def test_reply_properties_have_no_max_history_in_vv() -> None:
 def test_current_name() -> None:
     vector = HLV(v(f"18ecb6b01a350000@{PHONE}"))
     assert VV.current_name("3-abcd", vector) == f"18ecb6b01a350000@{PHONE}"
-    assert VV.current_name("3-abcd", None) == "3-abcd"  # legacy doc
+    # A doc without a vector: its revID as an RTE version (VV-NOTES §3.4).
+    assert VV.current_name("3-abcd", None) == "3abcd000000@Revision+Tree+Encoding"
     assert RT.current_name("3-abcd", vector) == "3-abcd"
 
 
@@ -255,10 +257,37 @@ def test_merge_vector_history_spelling() -> None:
     assert sent(out) == VersionWithLegacy(vector, ("2-bb",))
 
 
-def test_legacy_document_goes_in_rev_tree_form() -> None:
-    out = outgoing_rev("3-cc", None, ["2-bb", "1-aa"], ["2-bb"], None)
-    assert out == OutgoingRev("3-cc", "2-bb", None)
-    assert outgoing_rev("1-aa", None, [], [], None) == OutgoingRev("1-aa", None, None)
+def test_legacy_document_goes_as_its_rte_version() -> None:
+    """A doc without a vector is spelled RTE(revID): a fresh LiteCore 4.1 phone that pulls a
+    bare legacy revID cannot take a later update of it (found in interop)."""
+    rte = legacy_version("3-cc")
+    fresh = outgoing_rev("3-cc", None, ["2-bb", "1-aa"], [], None)
+    assert fresh == OutgoingRev(str(rte), None, None)
+    # An upgraded phone holding the legacy revision 2-bb: the rev-tree chain down to it.
+    upgraded = outgoing_rev("3-cc", None, ["2-bb", "1-aa"], ["2-bb"], None)
+    assert upgraded.history == "3-cc, 2-bb" and upgraded.learned_peer_legacy == "2-bb"
+    assert compare_with_legacy(sent(upgraded), VersionWithLegacy(None, ("2-bb",))) is Order.NEWER
+    # A phone holding it already (its legacy revID, or the RTE version) has the same revision.
+    assert compare_with_legacy(sent(fresh), VersionWithLegacy(None, ("3-cc",))) is Order.SAME
+    # A phone holding the parent as RTE: newer.
+    older = VersionWithLegacy(HLV(legacy_version("2-bb")))
+    got = outgoing_rev("3-cc", None, ["2-bb", "1-aa"], [str(legacy_version("2-bb"))], None)
+    assert compare_with_legacy(sent(got), older) is Order.NEWER
+
+
+def test_phone_holding_an_rte_ancestor_sees_our_vector_as_newer() -> None:
+    """The device changed a doc the phone got as RTE(3-cc): our vector does not list that
+    version, so it goes into the pv sent (as LiteCore's generateVersionVector does)."""
+    rte = legacy_version("3-cc")
+    vector = HLV(v(f"18ecb6bf9000000@{DEVICE}"))
+    out = outgoing_rev("4-dd", vector, CHAIN, [str(rte)], None)
+    assert out.history == str(rte)
+    assert compare_with_legacy(sent(out), VersionWithLegacy(HLV(rte))) is Order.NEWER
+    # An RTE version of a revision that is not ours is not added: a real conflict.
+    stranger = legacy_version("3-ee")
+    out = outgoing_rev("4-dd", vector, CHAIN, [str(stranger)], None)
+    assert out.history is None
+    assert compare_with_legacy(sent(out), VersionWithLegacy(HLV(stranger))) is Order.CONFLICT
 
 
 def test_first_version_goes_without_history() -> None:

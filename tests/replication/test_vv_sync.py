@@ -19,7 +19,7 @@ from websockets.asyncio.client import connect
 from fieldsync.listener import URLEndpointListener, URLEndpointListenerConfiguration
 from fieldsync.replicator import Replicator, ReplicatorConfiguration, ReplicatorType
 from fieldsync.store import Database
-from fieldsync.store.versions import HLV, Version
+from fieldsync.store.versions import HLV, Version, legacy_version
 
 PUSH, PULL = ReplicatorType.PUSH, ReplicatorType.PULL
 
@@ -329,3 +329,124 @@ async def test_device_edits_between_phones_converge(fleet, url_of, device_db) ->
         body = device.get_document(f"d{i}").body
         assert phone3.default_collection.get_document(f"d{i}").body == body
         assert phone4.docs[f"d{i}"].body == body
+
+
+# -- phones upgraded from rev trees (legacy revIDs in a CBMobile_4 session, VV-NOTES §3.3) --------
+
+
+async def test_upgraded_phone_first_vv_save_over_our_current_revision(listener, device_db):
+    """Regression (found by a real LiteCore 4.1 phone): a phone that held our current revision
+    R as a legacy revID saves its first version over it and pushes ``rev: t@phone, history: R``.
+    That descends from what we have, although our vector for R (a device version) is not in
+    the phone's vector: it must be stored, not refused with 409."""
+    device = device_db.default_collection
+    device.save_document("u", {"v": 0})
+    phone = VVPhone()
+    phone.adopt_legacy("u", device.get_document("u").rev_id, {"v": 0})
+    phone.put("u", {"v": 1})
+    report = await phone.push(listener)
+    assert report.statuses == {"u": 0} and not report.rev_errors, report
+    assert device.get_document("u").body == {"v": 1}
+    # The device edits again: the phone (vector + lastLegacyRevID) takes it as newer.
+    current = device.get_document("u")
+    device.save_document("u", {"v": 2}, expected_rev=current.rev_id)
+    pulled = await phone.pull(listener)
+    assert pulled.received == {"u"} and not pulled.conflicts, pulled
+    assert phone.docs["u"].body == {"v": 2}
+
+
+async def test_upgraded_phone_pulls_over_its_legacy_revision(listener, device_db):
+    device = device_db.default_collection
+    device.save_document("w", {"v": 0})
+    base = device.get_document("w").rev_id
+    phone = VVPhone()
+    phone.adopt_legacy("w", base, {"v": 0})
+    device.save_document("w", {"v": 1}, expected_rev=base)
+    device.save_document("w", {"v": 2}, expected_rev=device.get_document("w").rev_id)
+    pulled = await phone.pull(listener)
+    assert pulled.received == {"w"} and not pulled.conflicts, pulled
+    (rev,) = [r for r in pulled.revs if r["id"] == "w"]
+    assert rev["history"].endswith(base)  # the rev-tree chain down to the phone's revision
+    # Learned: the phone's lastLegacyRevID is the base; its next edit goes up and a later
+    # device edit comes back down, neither as a conflict.
+    phone.put("w", {"v": 3})
+    report = await phone.push(listener)
+    assert report.statuses == {"w": 0} and not report.rev_errors, report
+    device.save_document("w", {"v": 4}, expected_rev=device.get_document("w").rev_id)
+    pulled = await phone.pull(listener)
+    assert pulled.received == {"w"} and not pulled.conflicts, pulled
+    assert phone.docs["w"].body == {"v": 4} and device.get_document("w").body == {"v": 4}
+
+
+async def test_upgraded_phone_real_conflict_stays_a_conflict(listener, device_db):
+    device = device_db.default_collection
+    device.save_document("x", {"v": 0})
+    base = device.get_document("x").rev_id
+    phone = VVPhone()
+    phone.adopt_legacy("x", base, {"v": 0})
+    device.save_document("x", {"v": "device"}, expected_rev=base)
+    phone.put("x", {"v": "phone"})
+    report = await phone.push(listener)
+    assert report.statuses["x"]["status"] == 409, report
+    pulled = await phone.pull(listener)
+    assert pulled.conflicts == {"x"}
+
+
+# -- a device database from before version vectors -------------------------------------------------
+
+
+@pytest.fixture
+async def old_device(tmp_path: Path) -> AsyncIterator[tuple[Any, Database]]:
+    """The schema-1 fixture of tests/store (documents without vectors), served as /device."""
+    import sqlite3
+
+    from fieldsync.store.paths import DATABASE_FILE
+
+    fixture = Path(__file__).parent.parent / "store" / "fixtures" / "schema_v1.sql"
+    directory = tmp_path / "old" / "device"
+    directory.mkdir(parents=True)
+    conn = sqlite3.connect(directory / DATABASE_FILE)
+    conn.executescript(fixture.read_text())
+    conn.close()
+    db = Database.open(directory)
+    server = URLEndpointListener(
+        URLEndpointListenerConfiguration(database=db, port=0, disable_tls=True)
+    )
+    await server.start()
+    yield server, db
+    await server.stop()
+    db.close()
+
+
+async def test_legacy_docs_go_to_a_4x_phone_as_rte_versions(old_device) -> None:
+    """Regression (found with a real LiteCore 4.1 phone): documents without a vector are sent
+    as RTE versions, never bare legacy revIDs; later edits on either side then replicate as
+    ordinary updates."""
+    server, db = old_device
+    device = db.default_collection
+    legacy = {c.doc_id: c.rev_id for c in device.changes_since(0) if c.version is None}
+    assert legacy
+    phone = VVPhone()
+    pulled = await phone.pull(server)
+    assert not pulled.conflicts
+    for row in pulled.rows:
+        assert "@" in row[2], row  # never a bare legacy revID
+    live = sorted(d for d in legacy if device.get_document(d) is not None)
+    first, second = live[0], live[1]
+    assert phone.docs[first].vector is not None
+    assert str(phone.docs[first].vector.cv) == str(legacy_version(legacy[first]))
+    # The device app edits one: the phone (holding the RTE version) takes it as newer.
+    current = device.get_document(first)
+    device.save_document(first, dict(current.body, by="device"), expected_rev=current.rev_id)
+    pulled = await phone.pull(server)
+    assert pulled.received == {first} and not pulled.conflicts, pulled
+    # The phone edits the other one (its vector holds only the RTE version) and pushes.
+    phone.put(second, dict(phone.docs[second].body, by="phone"))
+    report = await phone.push(server)
+    assert report.statuses == {second: 0} and not report.rev_errors, report
+    assert device.get_document(second).body["by"] == "phone"
+    # Both ways once more: ordinary updates.
+    current = device.get_document(second)
+    device.save_document(second, dict(current.body, again=True), expected_rev=current.rev_id)
+    pulled = await phone.pull(server)
+    assert pulled.received == {second} and not pulled.conflicts, pulled

@@ -107,6 +107,11 @@ class VVPhone:
         doc.body, doc.deleted, doc.dirty = body, deleted, True
         return version
 
+    def adopt_legacy(self, doc_id: str, rev_id: str, body: dict[str, Any]) -> None:
+        """Hold ``doc_id`` as a legacy revision, as a phone whose rev-tree database synced
+        ``rev_id`` over CBMobile_3 and was then upgraded to version vectors."""
+        self.docs[doc_id] = PhoneDoc(None, rev_id, body, remote=rev_id)
+
     def resolve(self, doc_id: str, *, keep: str, body: dict[str, Any] | None = None) -> None:
         """Resolve a pulled conflict: ``keep='remote'`` takes the device's revision, ``'local'``
         keeps ours (trivial merge), ``'merge'`` saves ``body`` as a merge (CBL-C's rules)."""

@@ -47,7 +47,7 @@ from fieldsync.replication.versioning import (
 )
 from fieldsync.store import IncomingRevision, InvalidInput, StoreError, find_blobs
 from fieldsync.store.models import IncomingVersioned
-from fieldsync.store.versions import BadVersion, Version
+from fieldsync.store.versions import BadVersion, Version, legacy_matches
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +156,10 @@ class Puller:
                 row.doc_id, row.rev, row.parent, row.proposed
             )
             if status == 409 and include_rev and current:
-                answers.append({"status": 409, "rev": current})
+                # Spelled as a changes row would be (RTE for a doc without a vector), so the
+                # phone can tell whether it descends from it and retry at once.
+                spelled = self._wire.current_name(current, None) if "@" not in current else current
+                answers.append({"status": 409, "rev": spelled})
             else:
                 answers.append(status)
         self._stats.pushing = True
@@ -260,6 +263,10 @@ class Puller:
             version = Version.parse(delta_source, "deltaSrc")
         except BadVersion:
             return None
+        if version.is_legacy:  # a revision of ours the phone got as RTE
+            current = collection.get_revision(doc_id, with_body=False)
+            chain = collection.rev_history(doc_id, current.rev_id) if current else []
+            return next((r for r in chain if legacy_matches(r, version)), None)
         found = collection.get_revision_by_version(doc_id, version, with_body=False)
         return found.rev_id if found is not None else None
 

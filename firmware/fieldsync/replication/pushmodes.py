@@ -18,7 +18,7 @@ from fieldsync.replication.messages import CHANGES, PROPOSE_CHANGES, format_hist
 from fieldsync.replication.ports import ReplicatedCollection
 from fieldsync.replication.versioning import PeerKey, WireFormat, delta_bases, outgoing_rev
 from fieldsync.store import Change, Revision
-from fieldsync.store.versions import Version
+from fieldsync.store.versions import Version, legacy_matches
 
 
 @dataclass(frozen=True)
@@ -229,7 +229,12 @@ class VectorChangesMode(ChangesMode):
             self._learned[(doc_id, revision.rev_id)] = out.learned_peer_legacy
         bases: list[tuple[str, str]] = []
         for base in delta_bases(known):
-            if isinstance(base, Version):
+            if isinstance(base, Version) and base.is_legacy:
+                # The phone holds a revision of ours it got as RTE (``vector_for_phone``).
+                bases.extend(
+                    (str(base), r) for r in (revision.rev_id, *ancestry) if legacy_matches(r, base)
+                )
+            elif isinstance(base, Version):
                 found = collection.get_revision_by_version(doc_id, base, with_body=False)
                 if found is not None:
                     bases.append((str(base), found.rev_id))

@@ -34,11 +34,14 @@ from fieldsync.store import revid
 from fieldsync.store.models import IncomingRevision
 from fieldsync.store.versions import (
     HLV,
+    RTE_SOURCE,
     BadVersion,
     SourceID,
     Version,
     VersionWithLegacy,
     extract_current,
+    legacy_matches,
+    legacy_version,
     parse_full,
     parse_rev_history,
     parse_revision,
@@ -100,12 +103,32 @@ class WireFormat(enum.Enum):
     # -- naming a document's revision ------------------------------------------------------------
 
     def current_name(self, rev_id: str, version: HLV | None) -> str:
-        """How a ``changes`` row, a 409 answer or a ``norev`` names a document's revision: the
-        cv in a version-vector session (the legacy revID while the doc has no vector), the
-        rev-tree revID otherwise."""
-        if self.uses_versions and version is not None:
-            return str(version.cv)
-        return rev_id
+        """How a ``changes`` row or a ``norev`` names a document's revision: in a
+        version-vector session the cv, or for a document without a vector its revID written as
+        a version (RTE, see ``vector_for_phone``); the rev-tree revID otherwise."""
+        if not self.uses_versions:
+            return rev_id
+        vector = vector_for_phone(rev_id, version)
+        return str(vector.cv) if vector is not None else rev_id
+
+
+def vector_for_phone(rev_id: str, version: HLV | None) -> HLV | None:
+    """The vector a 4.x phone is given for a revision: its own, or for a document nobody has
+    changed since the upgrade the RTE form of its revID (VV-NOTES §3.4).
+
+    Not the bare legacy revID, as Sync Gateway sends: a LiteCore 4.1 version-vector database
+    that pulls a legacy revID stores a record it cannot read back when the next ``changes``
+    row for that document arrives (``findAncestors`` fails with "RawRevision decodeTree revIndex
+    error", the whole ``changes`` list is refused), so the phone would never get another
+    update of it. A phone that holds the legacy revision itself takes the RTE version as the
+    same revision (LiteCore compares generation and digest). ``None`` if the revID cannot be
+    written as a version (a generation beyond 2**23)."""
+    if version is not None:
+        return version
+    try:
+        return HLV(legacy_version(rev_id))
+    except (BadVersion, revid.BadRevisionID):
+        return None
 
 
 # -- proposeChanges ------------------------------------------------------------------------------
@@ -285,23 +308,46 @@ def outgoing_rev(
     the phone's ``lastLegacyRevID`` for this document as learned earlier (``''`` = it has
     none, ``None`` = unknown).
 
-    * no vector: rev-tree form, ``history`` cut after the first revision the phone knows;
+    * no vector: the RTE version of ``rev_id`` stands for one (``vector_for_phone``);
+    * the phone holds an RTE version of a revision of ours: it goes into the pv sent;
     * the phone's copy is the legacy revID ``R``: the vector's history, then the rev-tree chain
       from ``rev_id`` down to ``R`` (so the phone sees a descendant); the device learns ``R``;
     * otherwise: the vector's history, then the phone's ``lastLegacyRevID`` if it has one.
     """
-    if vector is None:
+    chain = [rev_id, *ancestry]
+    spelled = vector_for_phone(rev_id, vector)
+    if spelled is None:
         return OutgoingRev(rev_id, _rev_tree_history(ancestry, known, max_history))
+    spelled = _with_known_rte(spelled, chain, known)
     first = known[0] if known else None
     if first is not None and "@" not in first:
-        chain = [rev_id, *ancestry]
         if first in chain:
             tail = chain[: chain.index(first) + 1]
-            return OutgoingRev(str(vector.cv), format_vector_history(vector, tail), first)
+            return OutgoingRev(str(spelled.cv), format_vector_history(spelled, tail), first)
         # The phone's legacy revision is not in our tree: a real conflict, which the phone flags.
-        return OutgoingRev(str(vector.cv), format_vector_history(vector, chain[:max_history]))
+        return OutgoingRev(str(spelled.cv), format_vector_history(spelled, chain[:max_history]))
     tail = [peer_legacy] if peer_legacy else []
-    return OutgoingRev(str(vector.cv), format_vector_history(vector, tail))
+    return OutgoingRev(str(spelled.cv), format_vector_history(spelled, tail))
+
+
+def _with_known_rte(vector: HLV, chain: Sequence[str], known: Sequence[str]) -> HLV:
+    """``vector`` plus, as a previous version, the RTE version the phone holds when it names a
+    revision of ``chain`` (the phone got it as RTE; our vector, made when that revision was
+    first changed, does not list it). LiteCore gives a vector the parent's RTE version the same
+    way (``generateVersionVector``). A vector already holding an RTE entry is left alone (one
+    entry per source)."""
+    if vector.time_of(RTE_SOURCE) is not None:
+        return vector
+    for entry in known:
+        if "@" not in entry:
+            continue
+        try:
+            version = Version.parse(entry, "known")
+        except BadVersion:
+            continue
+        if version.is_legacy and any(legacy_matches(r, version) for r in chain):
+            return HLV(vector.cv, vector.mv, (*vector.pv, version))
+    return vector
 
 
 def _rev_tree_history(
