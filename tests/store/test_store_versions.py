@@ -489,3 +489,21 @@ def test_phone_editing_a_legacy_doc_it_got_as_rte_version(v1_database: Path) -> 
         assert coll.check_proposed_version("doc-3", edit, wrong)[0] == 409
         [r] = coll.insert_versioned([pushed("doc-3", str(edit), str(wrong))])
         assert r.status == 409
+
+
+def test_integrity_check_covers_vectors(coll: Collection, db: Database) -> None:
+    from fieldsync.store.integrity import check_integrity
+
+    coll.save_document("a", {"n": 1})
+    coll.insert_versioned([pushed("b", ver(PHONE, 0))])
+    assert check_integrity(db)[0] == []
+    with db.engine.write() as conn:
+        conn.execute("UPDATE docs SET hlv = ? WHERE doc_id = 'a'", (ver(PHONE, 5),))
+        conn.execute(
+            "UPDATE revs SET cv = 'nonsense' WHERE hlv IS NOT NULL AND cv LIKE ?", (f"%@{PHONE}",)
+        )
+        conn.execute("UPDATE peer_info SET value = '1 0 0' WHERE key = 'hlc'")
+    problems = check_integrity(db)[0]
+    assert any("'a'" in p and "is not its revision" in p for p in problems), problems
+    assert any("cv column" in p for p in problems), problems
+    assert any(p.startswith("clock:") for p in problems), problems

@@ -29,6 +29,7 @@ from fieldsync.store.engine import Engine
 from fieldsync.store.errors import StoreError
 from fieldsync.store.versions import (
     HLV,
+    BadVersion,
     ClockState,
     HybridLogicalClock,
     SourceID,
@@ -202,3 +203,47 @@ def forget_document(conn: sqlite3.Connection, collection: int, doc_id: str) -> N
     conn.execute(
         "DELETE FROM peer_legacy WHERE collection = ? AND doc_id = ?", (collection, doc_id)
     )
+
+
+def check_vectors(engine: Engine) -> list[str]:
+    """Problems with the stored vectors (for ``fieldsync db check``): the source ID, every
+    vector well formed, each document's vector equal to its current revision's, ``cv`` columns
+    matching, and no version by this database newer than its clock."""
+    problems: list[str] = []
+    rows = engine.query("SELECT value FROM peer_info WHERE key = ?", (_SOURCE_KEY,))
+    try:
+        source = SourceID(str(rows[0][0])) if rows else None
+    except BadVersion as exc:
+        return [f"source ID: {exc.detail}"]
+    if source is None:
+        return ["the database has no source ID"]
+    clock = engine.query("SELECT value FROM peer_info WHERE key = ?", (_CLOCK_KEY,))
+    last = int(str(clock[0][0]).split()[0]) if clock else 0
+    newest_own = 0
+    for doc_id, collection, rev_id, doc_hlv, rev_hlv in engine.query(
+        "SELECT d.doc_id, d.collection, d.rev_id, d.hlv, r.hlv FROM docs d "
+        "LEFT JOIN revs r ON r.doc = d.id AND r.rev_id = d.rev_id"
+    ):
+        where = f"document {doc_id!r} (collection {collection})"
+        if doc_hlv != rev_hlv:
+            problems.append(f"{where}: vector {doc_hlv!r} is not its revision {rev_id}'s")
+    for doc_id, rev_id, text, cv in engine.query(
+        "SELECT d.doc_id, r.rev_id, r.hlv, r.cv FROM revs r JOIN docs d ON d.id = r.doc "
+        "WHERE r.hlv IS NOT NULL OR r.cv IS NOT NULL"
+    ):
+        where = f"document {doc_id!r} revision {rev_id}"
+        try:
+            hlv = HLV.parse(text, "stored vector")
+        except BadVersion as exc:
+            problems.append(f"{where}: {exc.detail}")
+            continue
+        if cv != str(hlv.cv):
+            problems.append(f"{where}: cv column {cv!r} disagrees with vector {text!r}")
+        own = hlv.time_of(source)
+        if own is not None:
+            newest_own = max(newest_own, own)
+    if newest_own > last:
+        problems.append(
+            f"clock: last time {last:#x} is behind this database's own version {newest_own:#x}"
+        )
+    return problems

@@ -24,6 +24,7 @@ from typing import Protocol
 
 from fieldsync.store import revid
 from fieldsync.store.blobs import BlobStore, digest_for, find_blobs
+from fieldsync.store.doc_versions import check_vectors
 from fieldsync.store.engine import Engine
 from fieldsync.store.revtree import RevNode, RevTree
 
@@ -153,6 +154,7 @@ def check_integrity(
     blob_problems, checked = check_blobs(database.blobs, progress)
     problems.extend(blob_problems)
     problems.extend(check_rev_trees(database.engine, progress))
+    problems.extend(check_vectors(database.engine))
     problems.extend(check_missing_blobs(database))
     if len(problems) > MAX_PROBLEMS:
         problems = [*problems[:MAX_PROBLEMS], f"… and {len(problems) - MAX_PROBLEMS} more"]
