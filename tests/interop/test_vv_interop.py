@@ -601,3 +601,67 @@ async def test_41_rev_tree_push_only_phone_gets_cbmobile4_and_legacy_revids(
     await sync(phone, listener)  # a 3.2 phone
     same_docs(device, phone)
     assert phone.get("rt0")["revID"] == phone41.get("rt0")["revID"]
+
+
+# -- the same mixed fleet with the command-line phones and Couchbase Lite's resolver ---------------
+
+
+async def test_mixed_fleet_with_cblpeer_phones_and_their_resolver(
+    cbl32: Any, cbl41: Any, listener: Any, device_db: Any, tmp_path: Path
+) -> None:
+    """``cblpeer`` 3.2 (rev trees) and ``cblpeer --vv`` 4.1 as the two phones; conflicts are
+    resolved by ``cblpeer resolve`` (Couchbase Lite's default resolver as CBL-C runs it, incl.
+    4.x's trivial merge). Several sync orders; at the end all three hold the same bodies and
+    no phone shows a conflict."""
+    import asyncio
+    import json as json_module
+
+    device = device_db.default_collection
+    endpoint = url(listener)
+    phones = {"3": (cbl32, tmp_path / "p32", False), "4": (cbl41, tmp_path / "p41", True)}
+
+    async def peer(who: str, command: str, *args: str) -> Any:
+        tools, directory, vv = phones[who]
+        return await asyncio.to_thread(
+            tools.peer,
+            directory,
+            command,
+            *args,
+            url=endpoint if command in ("push", "pull", "pushpull") else None,
+            vv=vv,
+            timeout=120,
+        )
+
+    async def pushpull(who: str) -> dict[str, Any]:
+        result: dict[str, Any] = (await peer(who, "pushpull")).result
+        assert result["status"] == "ok", (who, result)
+        return result
+
+    async def dump(who: str) -> dict[str, dict[str, Any]]:
+        return {line["id"]: line for line in (await peer(who, "dump")).lines if "id" in line}
+
+    for i in range(4):
+        device.save_document(f"c{i}", {"i": i, "by": "device"})
+    for who in ("3", "4"):
+        await pushpull(who)
+    resolved = {"3": 0, "4": 0}
+    for round_, order in enumerate([("3", "4"), ("4", "3"), ("3", "4")]):
+        for i in range(3):  # c0..c2 by the 3.x phone
+            await peer("3", "put", f"c{i}", json_module.dumps({"by": "three", "r": round_}))
+        for i in range(1, 4):  # c1..c3 by the 4.x phone
+            await peer("4", "put", f"c{i}", json_module.dumps({"by": "four", "r": round_}))
+        for doc_id in ("c0", "c3"):  # and the device app
+            current = device.get_document(doc_id)
+            device.save_document(doc_id, {"by": "device", "r": round_}, expected_rev=current.rev_id)
+        for who in order:
+            await pushpull(who)
+            resolved[who] += (await peer(who, "resolve")).result.get("resolved", 0)
+            await pushpull(who)
+        for who in (*order, *order):
+            await pushpull(who)
+        on_device = {d: body for d, (_, body) in device_docs(device).items()}
+        for who in ("3", "4"):
+            docs = await dump(who)
+            assert [d for d, line in docs.items() if line.get("conflicted")] == [], (round_, who)
+            assert {d: line["body"] for d, line in docs.items()} == on_device, (round_, who)
+    assert resolved["3"] > 0 and resolved["4"] > 0, resolved  # real conflicts did reach both
