@@ -22,6 +22,10 @@ class BlobFetchError(FieldsyncError):
     """A blob a revision references could not be fetched or verified."""
 
 
+class BlobProofError(BlobFetchError):
+    """The peer named a blob we hold but did not prove it has its bytes (answered 403)."""
+
+
 class DeltaApplyError(FieldsyncError):
     """A received delta could not be applied; ``code`` is the LiteCore error to answer with."""
 

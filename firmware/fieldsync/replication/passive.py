@@ -73,6 +73,7 @@ class PassiveReplicator:
             stats=stats,
             accept_deltas=enable_delta_sync,
             wire=wire,
+            prove_known_blobs=True,
         )
         self.stats = self.session.stats
         # Collections with a subChanges feed running on this connection.

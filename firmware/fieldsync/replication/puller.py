@@ -12,24 +12,28 @@ import asyncio
 import dataclasses
 import functools
 import logging
+import secrets
 from collections.abc import Callable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Any
 
 from fieldsync import safejson
 from fieldsync.blip import BLIPSession, IncomingRequest
 from fieldsync.replication import decisions
+from fieldsync.replication.blobs import blob_proof
 from fieldsync.replication.deltas import (
     DELTA_BASE_UNKNOWN,
     DELTA_ERROR_DOMAIN,
     DELTA_ERROR_STATUS,
     apply_received_delta,
 )
-from fieldsync.replication.errors import BlobFetchError, DeltaApplyError
+from fieldsync.replication.errors import BlobFetchError, BlobProofError, DeltaApplyError
 from fieldsync.replication.inserter import Inserter
 from fieldsync.replication.messages import (
     DEFAULT_MAX_HISTORY,
     GET_ATTACHMENT,
+    PROVE_ATTACHMENT,
     encode_json,
     is_true,
     trim_trailing,
@@ -82,9 +86,13 @@ class Puller:
         hooks: PullerHooks | None = None,
         wire: WireFormat = WireFormat.REV_TREES,
         peer: PeerKey | None = None,
+        served_blobs: AbstractSet[str] | None = None,
     ) -> None:
         """``wire``: the session's revision spelling; ``peer``: the phone's key for the
-        per-phone legacy bookkeeping of CBMobile_4 sessions (``None`` when not known)."""
+        per-phone legacy bookkeeping of CBMobile_4 sessions (``None`` when not known).
+        ``served_blobs``: digests of blobs sent to this peer on this connection; when given,
+        a pushed revision naming any other blob we already hold is accepted only once the peer
+        proves it has the bytes (``proveAttachment``, as Sync Gateway does)."""
         hooks = hooks or PullerHooks()
         self._session = session
         self._database = database
@@ -97,6 +105,8 @@ class Puller:
         self._on_stored = hooks.stored
         self._announced_deltas = False
         self._blob_fetches: dict[str, asyncio.Future[None]] = {}
+        self._served_blobs = served_blobs
+        self._proven_blobs: set[str] = set()
         self._wire = wire
         self._peer = peer or PeerKey()
 
@@ -314,7 +324,8 @@ class Puller:
             await self._fetch_missing_blobs(document, doc_id, index)
         except BlobFetchError as exc:
             self._stats.record_error(str(exc))
-            request.respond_error("HTTP", 502, str(exc))
+            status = 403 if isinstance(exc, BlobProofError) else 502
+            request.respond_error("HTTP", status, str(exc))
             return
         revision: IncomingRevision | IncomingVersioned
         if isinstance(named, VersionedRevision):
@@ -350,7 +361,12 @@ class Puller:
         blobs = self._database.blobs
         for blob in find_blobs(document):
             digest = blob.get("digest")
-            if not isinstance(digest, str) or blobs.claim(digest):  # see store.maintenance
+            if not isinstance(digest, str):
+                continue
+            if blobs.claim(digest):  # see store.maintenance
+                served = self._served_blobs
+                if served is not None and digest not in served:
+                    await self._prove_blob(digest, doc_id, index)
                 continue
             fetch = self._blob_fetches.get(digest)
             if fetch is None:
@@ -361,6 +377,30 @@ class Puller:
 
     def _fetch_finished(self, digest: str, _fetch: asyncio.Future[None]) -> None:
         self._blob_fetches.pop(digest, None)
+
+    async def _prove_blob(self, digest: str, doc_id: str, index: int | None) -> None:
+        """Ask the peer to prove it holds a blob we already have and did not send it: without
+        this, naming a digest in a pushed revision and pulling it back would read any blob."""
+        if digest in self._proven_blobs:
+            return
+        try:
+            data = self._database.blobs.read(digest)
+        except (KeyError, StoreError) as exc:
+            raise BlobFetchError(f"blob {digest} of '{doc_id}' cannot be read: {exc}") from exc
+        nonce = secrets.token_bytes(20)
+        reply = await self._session.request(
+            PROVE_ATTACHMENT, with_collection({"digest": digest, "docID": doc_id}, index), nonce
+        )
+        assert reply is not None
+        if reply.is_error and reply.error_code == 404:
+            # No proveAttachment handler, or the peer lacks the blob: sending it proves it (SG).
+            await self._fetch_blob(digest, doc_id, index)
+        elif reply.is_error or reply.body != blob_proof(nonce, data).encode():
+            raise BlobProofError(
+                f"peer did not prove it has blob {digest} named by '{doc_id}'"
+                + (f": {reply.error_domain} {reply.error_code}" if reply.is_error else "")
+            )
+        self._proven_blobs.add(digest)
 
     async def _fetch_blob(self, digest: str, doc_id: str, index: int | None) -> None:
         reply = await self._session.request(

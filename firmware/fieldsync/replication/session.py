@@ -51,8 +51,11 @@ class ReplicationSession:
         accept_deltas: bool = False,
         hooks: PullerHooks | None = None,
         wire: WireFormat = WireFormat.REV_TREES,
+        prove_known_blobs: bool = False,
     ) -> None:
-        """``wire``: how this connection spells revisions, from the negotiated subprotocol."""
+        """``wire``: how this connection spells revisions, from the negotiated subprotocol.
+        ``prove_known_blobs``: a peer pushing a revision that names a blob we hold (and did not
+        send it on this connection) must prove it has it (the passive side, as Sync Gateway)."""
         self.blip = blip
         self.wire = wire
         #: The peer's key for per-phone bookkeeping (CBMobile_4: its source ID from
@@ -74,6 +77,7 @@ class ReplicationSession:
             hooks=hooks,
             wire=wire,
             peer=self.peer,
+            served_blobs=self.blobs.served if prove_known_blobs else None,
         )
         self.pushers: list[Pusher] = []
         self._feeds: set[asyncio.Task[None]] = set()
