@@ -10,6 +10,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,9 @@ from typing import Any
 from fieldsync.store import Database
 from fieldsync.store.paths import DATABASE_FILE
 from fieldsync.store.schema import SCHEMA_VERSION
+from fieldsync.store.versions import Version
+
+vv_version = Version.parse
 
 #: The data the old code wrote, table by table (only the columns schema 1 had).
 _OLD_TABLES = {
@@ -134,3 +138,78 @@ def test_sigkill_at_every_statement_of_the_upgrade_loses_nothing(
     # the kills landed before, between and inside the steps
     assert {1, SCHEMA_VERSION} <= versions_seen and len(versions_seen) >= 2
     assert kill_at > 10  # the upgrade has many statements; each one was a crash point
+
+
+_WRITER = textwrap.dedent(
+    """
+    import json, sys
+    from fieldsync.store import Database, IncomingRevision, revid
+    from fieldsync.store.models import IncomingVersioned
+    from fieldsync.store import versions as vv
+    db = Database.open(sys.argv[1])
+    coll = db.default_collection
+    phone = "+a694GBERHSnRp2GkS1abw"
+    t = 0x18ECB6B01A350000
+    i = 0
+    while True:
+        i += 1
+        doc = f"d{i % 7}"
+        kind = i % 3
+        if kind == 0:
+            saved = coll.save_document(doc, {"i": i})
+            print("local", doc, saved.rev_id, flush=True)
+        elif kind == 1:
+            current = coll.get_versions(doc)
+            t += 1 << 16
+            mine = vv.Version(t, vv.SourceID(phone))
+            vector = current.hlv.with_new_cv(mine) if current and current.hlv else vv.HLV(mine)
+            legacy = () if current and current.hlv else ((current.rev_id,) if current else ())
+            rev = vv.VersionWithLegacy(vector, legacy)
+            [r] = coll.insert_versioned([IncomingVersioned(doc, rev, False, b'{"p":1}', "p")])
+            print("vv", doc, r.status, r.current_rev, flush=True)
+        else:
+            current = coll.get_versions(doc)
+            parent = current.rev_id if current else None
+            body = json.dumps({"old": i}).encode()
+            new = revid.make(parent, False, body)
+            history = coll.rev_history(doc, parent) if parent else []
+            [r] = coll.insert_revisions([IncomingRevision(doc, new, history, False, body, True)])
+            print("tree", doc, r.status, new, flush=True)
+    """
+)
+
+
+def test_sigkill_during_writes_keeps_tree_and_vector_together(tmp_path: Path) -> None:
+    """Kill a process doing device saves, 4.x inserts and 3.x inserts at random moments: every
+    acknowledged write is there, and every document's vector is its current revision's."""
+    from fieldsync.store.integrity import check_integrity
+
+    db_dir = tmp_path / "db"
+    Database.open(db_dir).close()
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    for delay in (0.0, 0.05, 0.2, 0.5):
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _WRITER, str(db_dir)],
+            env=env,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert proc.stdout is not None
+        first = proc.stdout.readline()  # writing has started
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        out, _ = proc.communicate(timeout=30)
+        out = first + out
+        assert proc.returncode == -signal.SIGKILL  # killed mid-work, not crashed
+        acknowledged = [line.split() for line in out.splitlines() if line.strip()]
+        assert acknowledged
+        with Database.open(db_dir) as db:
+            assert check_integrity(db)[0] == []
+            coll = db.default_collection
+            for fields in acknowledged[-7:]:  # the last acknowledged write of each document
+                kind, doc = fields[0], fields[1]
+                if kind in ("local", "tree") and (kind == "local" or fields[2] == "201"):
+                    rev_id = fields[2] if kind == "local" else fields[3]
+                    assert coll.get_revision(doc, rev_id, with_body=False) is not None
+                elif kind == "vv" and fields[2] == "201":
+                    assert coll.has_version(doc, vv_version(fields[3]))
