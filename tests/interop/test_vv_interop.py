@@ -665,3 +665,56 @@ async def test_mixed_fleet_with_cblpeer_phones_and_their_resolver(
             assert [d for d, line in docs.items() if line.get("conflicted")] == [], (round_, who)
             assert {d: line["body"] for d, line in docs.items()} == on_device, (round_, who)
     assert resolved["3"] > 0 and resolved["4"] > 0, resolved  # real conflicts did reach both
+
+
+async def test_mixed_fleet_continuous(
+    litecore: LiteCore,
+    litecore41: LiteCore,
+    listener: Any,
+    device_db: Any,
+    phone: LiteDatabase,
+    phone41_vv: LiteDatabase,
+) -> None:
+    """Both phones stay connected (continuous push+pull) while each of the three writes: every
+    write reaches the other two, live, and nothing conflicts."""
+    three, four, device = phone, phone41_vv, device_db.default_collection
+
+    def bodies(db: LiteDatabase) -> dict[str, Any]:
+        return {d: (db.get(d) or {}).get("body") for d in db.all_docs()}
+
+    def converged() -> bool:
+        on_device = {d: body for d, (_, body) in device_docs(device).items()}
+        return bodies(three) == on_device and bodies(four) == on_device
+
+    with (
+        three.replicator(url(listener), continuous=True) as r3,
+        four.replicator(url(listener), continuous=True) as r4,
+    ):
+        r3.start()
+        r4.start()
+        for round_ in range(3):
+            device.save_document(f"dev-{round_}", {"by": "device", "r": round_})
+            three.put(f"three-{round_}", {"by": "three", "r": round_})
+            four.put(f"four-{round_}", {"by": "four", "r": round_})
+            await wait_for(converged, what=f"round {round_} everywhere")
+            # Now one shared doc, edited in turn (each waits for the previous edit to arrive).
+            for writer in ("device", "three", "four"):
+                if writer == "device":
+                    current = device.get_document("shared")
+                    device.save_document(
+                        "shared",
+                        {"by": writer, "r": round_},
+                        expected_rev=current.rev_id if current else None,
+                    )
+                else:
+                    (three if writer == "three" else four).put(
+                        "shared", {"by": writer, "r": round_}
+                    )
+                await wait_for(converged, what=f"round {round_} shared by {writer}")
+        assert not conflicted(three) and not conflicted(four)
+        r3.stop()
+        r4.stop()
+        assert not (await r3.wait_async("stopped", timeout=30)).error
+        assert not (await r4.wait_async("stopped", timeout=30)).error
+    same_docs(device, three)
+    same_docs(device, four)
