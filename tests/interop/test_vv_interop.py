@@ -718,3 +718,40 @@ async def test_mixed_fleet_continuous(
         assert not (await r4.wait_async("stopped", timeout=30)).error
     same_docs(device, three)
     same_docs(device, four)
+
+
+async def test_two_vv_phones_merge_reaches_the_other(
+    litecore41: LiteCore, listener: Any, device_db: Any, phone41_vv: LiteDatabase, tmp_path: Path
+) -> None:
+    """Two 4.x phones conflict through the device; one resolves with a merged body (a merge
+    vector, ``cv, mv…;``); the device stores it and the other phone gets it as an update."""
+    a, device = phone41_vv, device_db.default_collection
+    b = litecore41.open_db(tmp_path / "b", "b", version_vectors=True)
+    try:
+        a.put("m", {"v": 0})
+        await sync(a, listener)
+        await sync(b, listener)
+        a.put("m", {"v": "a"})
+        b.put("m", {"v": "b"})
+        await sync(a, listener)
+        await sync(b, listener, conflicts_ok=True)
+        assert conflicted(b) == {"m"}
+        mine, theirs = b.leaf_revisions("m")
+        b.resolve_conflict("m", theirs["revID"], mine["revID"], {"v": "a+b"})
+        assert b.get("m")["globalRevID"].count(",") >= 1  # a merge vector
+        await sync(b, listener)
+        assert device.get_document("m").body == {"v": "a+b"}
+        assert device.get_versions("m").hlv.mv, device.get_versions("m")
+        ended = await sync(a, listener)
+        assert [d.doc_id for d in ended if not d.pushing] == ["m"], ended
+        assert not conflicted(a) and a.get("m")["body"] == {"v": "a+b"}
+        # And the device app edits the merged doc: both phones take it as an update.
+        current = device.get_document("m")
+        device.save_document("m", {"v": "device"}, expected_rev=current.rev_id)
+        await sync(a, listener)
+        await sync(b, listener)
+        assert not conflicted(a) and not conflicted(b)
+        same_docs(device, a)
+        same_docs(device, b)
+    finally:
+        b.close()
