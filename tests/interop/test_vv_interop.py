@@ -755,3 +755,28 @@ async def test_two_vv_phones_merge_reaches_the_other(
         same_docs(device, b)
     finally:
         b.close()
+
+
+@pytest.mark.parametrize("skew_minutes", [10, -60])
+async def test_device_clock_skew_after_seeing_a_phone(
+    listener: Any, device_db: Any, phone41_vv: LiteDatabase, skew_minutes: int
+) -> None:
+    """A device without RTC/NTP whose clock is 10 minutes ahead (LiteCore refuses versions more
+    than 2 minutes ahead of its own clock) or an hour behind: once it has seen a phone's
+    versions it stamps its own edits close after them, so the phone takes them as updates."""
+    import time
+
+    from fieldsync.store.doc_versions import device_versions
+
+    device = device_db.default_collection
+    device_versions(device_db.engine).wall = lambda: time.time_ns() + skew_minutes * 60 * 10**9
+    phone41_vv.put("p", {"v": 0})
+    await sync(phone41_vv, listener)
+    device.save_document("p", {"v": "device"}, expected_rev=device.get_document("p").rev_id)
+    device.save_document("d", {"v": "device"})
+    ended = await sync(phone41_vv, listener)
+    assert {d.doc_id for d in ended if not d.pushing} == {"p", "d"}, ended
+    assert phone41_vv.get("p")["body"] == {"v": "device"}
+    same_docs(device, phone41_vv)
+    stamped = device.get_versions("d").hlv.cv.time
+    assert abs(stamped - time.time_ns()) < 60 * 10**9, "stamped within a minute of the phone"
