@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from netns import Avahi, NetnsPair, NsProcess, avahi_unavailable_reason
+from tests.agent.netns import Avahi, NetnsPair, NsProcess, avahi_unavailable_reason
 
 from fieldsync.agent.advertiser import PROTOCOL, ServiceAdvertiser, build_txt
 

@@ -4,7 +4,6 @@ and stops. Needs the listener and the store; skipped while they are not importab
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import queue
@@ -19,23 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from netns import NetnsPair, NsProcess
+from tests.agent.netns import NetnsPair, NsProcess
+from tests.support.pki import make_ca, write_pem
 
 from fieldsync.agent.control import ControlError, query_status
 from fieldsync.agent.passwords import hash_password, verify_password
 
-
-def missing_module(*names: str) -> str | None:
-    for name in names:
-        try:
-            importlib.import_module(name)
-        except ImportError as exc:
-            return f"{name} is not importable yet ({exc})"
-    return None
-
-
-LISTENER_MISSING = missing_module("fieldsync.listener", "fieldsync.store")
-needs_listener = pytest.mark.skipif(LISTENER_MISSING is not None, reason=LISTENER_MISSING or "")
 EXAMPLE = Path(__file__).resolve().parents[2] / "board" / "fieldsync.toml.example"
 SERVICE = "_fieldsync._tcp.local."
 
@@ -163,8 +151,6 @@ class AgentRun:
 
 @pytest.fixture
 def agent(netns: NetnsPair, tmp_path: Path) -> Iterator[AgentRun]:
-    if LISTENER_MISSING:
-        pytest.skip(LISTENER_MISSING)
     run = AgentRun(netns, tmp_path)
     try:
         yield run
@@ -209,7 +195,6 @@ def event(kind: str, **fields: Any) -> Callable[[dict[str, Any]], bool]:
 
 
 @pytest.mark.netns
-@needs_listener
 def test_agent_waits_for_wlan0_follows_it_and_stops_cleanly(
     netns: NetnsPair, agent: AgentRun
 ) -> None:
@@ -310,7 +295,6 @@ def test_agent_waits_for_wlan0_follows_it_and_stops_cleanly(
 
 
 @pytest.mark.netns
-@needs_listener
 def test_agent_reload_restarts_only_what_changed(netns: NetnsPair, agent: AgentRun) -> None:
     netns.create_wlan0("10.213.0.1/24")
     browser = browse(netns)
@@ -373,12 +357,7 @@ def test_agent_reload_restarts_only_what_changed(netns: NetnsPair, agent: AgentR
     assert "Traceback" not in log, log
 
 
-TLS_MISSING = missing_module("fieldsync.tls.identity", "fieldsync.tls.context")
-
-
 @pytest.mark.netns
-@needs_listener
-@pytest.mark.skipif(TLS_MISSING is not None, reason=TLS_MISSING or "")
 def test_agent_with_tls_advertises_the_fingerprint(netns: NetnsPair, agent: AgentRun) -> None:
     agent.write_config(tls=True)
     netns.create_wlan0("10.213.0.1/24")
@@ -399,12 +378,7 @@ def test_agent_with_tls_advertises_the_fingerprint(netns: NetnsPair, agent: Agen
     assert process.wait(20) == 0
 
 
-AUTH_MISSING = missing_module("fieldsync.listener.auth")
-
-
 @pytest.mark.netns
-@needs_listener
-@pytest.mark.skipif(AUTH_MISSING is not None, reason=AUTH_MISSING or "")
 def test_agent_checks_passwords(netns: NetnsPair, agent: AgentRun) -> None:
     stored = hash_password("s3cret")
     agent.write_config(users=f'[users]\nsurveyor = "{stored}"\n')
@@ -423,33 +397,10 @@ def test_agent_checks_passwords(netns: NetnsPair, agent: AgentRun) -> None:
 
 def write_ca(path: Path) -> None:
     """A self-signed CA certificate, PEM, as a field CA for client certificates."""
-    import datetime as dt
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fieldsync test CA")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(days=1))
-        .not_valid_after(now + dt.timedelta(days=30))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    write_pem(path, make_ca("fieldsync test CA", key_usage=False))
 
 
 @pytest.mark.netns
-@needs_listener
-@pytest.mark.skipif(TLS_MISSING is not None, reason=TLS_MISSING or "")
 def test_agent_on_all_interfaces_reports_a_bad_setting_until_reloaded(
     netns: NetnsPair, agent: AgentRun, tmp_path: Path
 ) -> None:

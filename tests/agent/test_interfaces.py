@@ -7,7 +7,7 @@ import socket
 from typing import Any
 
 import pytest
-from netns import NetnsPair
+from tests.agent.netns import NetnsPair
 
 from fieldsync.agent.interfaces import (
     SO_BINDTODEVICE,

@@ -5,9 +5,9 @@ from __future__ import annotations
 import itertools
 
 import pytest
-from blip_reference import read_varint, varint
 from hypothesis import given
 from hypothesis import strategies as st
+from tests.blip.blip_reference import read_varint, varint
 
 from fieldsync.blip import BLIPProtocolError, FrameFlags, MessageType
 from fieldsync.blip.frame import decode_header, encode_header

@@ -6,9 +6,9 @@ import os
 import zlib
 
 import pytest
-from blip_reference import RefSender, props_block, varint
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tests.blip.blip_reference import RefSender, props_block, varint
 
 from fieldsync.blip import BLIPProtocol, BLIPProtocolError
 

@@ -6,8 +6,8 @@ import hashlib
 import os
 
 import pytest
-from blip_link import Link
-from blip_reference import RefSender, props_block, read_varint, varint
+from tests.blip.blip_link import Link
+from tests.blip.blip_reference import RefSender, props_block, read_varint, varint
 
 from fieldsync.blip import BLIPProtocol, BLIPProtocolError, MessageType, RequestReceived
 from fieldsync.blip.compression import Deflater

@@ -6,10 +6,10 @@ import itertools
 import os
 
 import pytest
-from blip_link import Link
-from blip_reference import RefSender, props_block, read_varint
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tests.blip.blip_link import Link
+from tests.blip.blip_reference import RefSender, props_block, read_varint
 
 from fieldsync.blip import (
     BLIPProtocol,

@@ -10,7 +10,7 @@ import random
 from collections.abc import AsyncIterator, Callable
 
 import pytest
-from blip_reference import (
+from tests.blip.blip_reference import (
     CLIENT_ID,
     RefReceiver,
     RefSender,

@@ -8,7 +8,7 @@ import os
 import zlib
 
 import pytest
-from blip_reference import (
+from tests.blip.blip_reference import (
     CLIENT_ID,
     RefReceiver,
     RefSender,

@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 import pytest
-from delta_helpers import canon
+from tests.delta.delta_helpers import canon
 
 from fieldsync.delta import (
     MAX_DELTA_SIZE_RATIO,

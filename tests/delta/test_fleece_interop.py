@@ -13,9 +13,9 @@ import json
 from typing import Any
 
 import pytest
-from delta_helpers import canon, edited_documents, related_pairs
-from fleece_lib import Fleece, FleeceError, library_path
 from hypothesis import HealthCheck, given, settings
+from tests.delta.delta_helpers import canon, edited_documents, related_pairs
+from tests.delta.fleece_lib import Fleece, FleeceError, library_path
 
 from fieldsync.delta import DeltaError, apply_delta, create_delta
 

@@ -14,7 +14,7 @@ import json
 from typing import Any
 
 import pytest
-from delta_helpers import canon
+from tests.delta.delta_helpers import canon
 
 from fieldsync.delta import DeltaError, apply_delta, create_delta
 

@@ -6,9 +6,15 @@ import copy
 import json
 from typing import Any
 
-from delta_helpers import canon, edited_documents, edited_texts, json_values, related_pairs
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tests.delta.delta_helpers import (
+    canon,
+    edited_documents,
+    edited_texts,
+    json_values,
+    related_pairs,
+)
 
 from fieldsync.delta import (
     apply_delta,

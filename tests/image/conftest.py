@@ -32,21 +32,17 @@ def firstboot():
 
 
 def _require_tools(*commands: str, packages: dict[str, str] | None = None) -> None:
-    """Skip unless the commands exist; as root on Debian, apt-get install them first."""
+    """Skip unless the commands exist. Tests never install packages: .ci/run installs what
+    .ci/system-packages lists (TOOL_PACKAGES names the package of each command)."""
     import shutil
-    import subprocess
 
     missing = [c for c in commands if shutil.which(c) is None]
-    if missing and os.geteuid() == 0 and shutil.which("apt-get"):
-        names = sorted({(packages or {}).get(c, TOOL_PACKAGES.get(c, c)) for c in missing})
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        install = ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *names]
-        if subprocess.run(install, capture_output=True, env=env).returncode != 0:
-            subprocess.run(["apt-get", "update", "-qq"], capture_output=True, env=env)
-            subprocess.run(install, capture_output=True, env=env)
-        missing = [c for c in commands if shutil.which(c) is None]
     if missing:
-        pytest.skip(f"needs {', '.join(missing)} (not installed, and cannot install as non-root)")
+        names = sorted({(packages or {}).get(c, TOOL_PACKAGES.get(c, c)) for c in missing})
+        pytest.skip(
+            f"needs {', '.join(missing)} (apt-get install {' '.join(names)}; "
+            "listed in .ci/system-packages)"
+        )
 
 
 TOOL_PACKAGES = {
@@ -69,7 +65,7 @@ TOOL_PACKAGES = {
 
 @pytest.fixture(scope="session")
 def require_tools():
-    """``require_tools("cmd", ...)``: skip unless present (installed with apt-get as root)."""
+    """``require_tools("cmd", ...)``: skip unless present (see .ci/system-packages)."""
     return _require_tools
 
 

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from tests.support.waiting import wait_for
 
 from fieldsync.agent.control import ControlError, query_status
 from fieldsync.tls.identity import DEFAULT_SERVER_ALIAS, TLSIdentity
@@ -137,17 +138,16 @@ class AgentProcess:
         )
 
     def status(self) -> dict[str, object]:
-        deadline = time.monotonic() + TIMEOUT
-        document: dict[str, object] | None = None
-        while time.monotonic() < deadline:
+        def serving() -> dict[str, object] | None:
             if self.process.poll() is not None:
                 raise AssertionError(f"agent exited: {self.finish()}")
             with contextlib.suppress(ControlError):
                 document = query_status(self.control)
                 if document.get("state") in ("serving", "degraded") and document.get("tls"):
                     return document
-            time.sleep(0.05)
-        raise AssertionError(f"agent never served: {document}")
+            return None
+
+        return wait_for(serving, timeout=TIMEOUT, what="the agent serving with TLS")
 
     def finish(self) -> tuple[int, str]:
         if self.process.poll() is None:

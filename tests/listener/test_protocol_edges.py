@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from raw_blip import RawClient
+from tests.listener.raw_blip import RawClient
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 

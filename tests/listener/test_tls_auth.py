@@ -8,10 +8,8 @@ import ssl
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from tests.support.databases import DatabaseFactory
+from tests.support.pki import CA, NOW, issue, make_ca
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
@@ -36,8 +34,6 @@ from fieldsync.tls.context import client_ssl_context
 from fieldsync.tls.identity import TLSIdentity
 from fieldsync.tls.keystore import Keystore
 
-NOW = dt.datetime.now(dt.UTC)
-
 
 @pytest.fixture
 def keystore(tmp_path: Path) -> Keystore:
@@ -45,48 +41,16 @@ def keystore(tmp_path: Path) -> Keystore:
 
 
 @pytest.fixture
-def dbs(tmp_path: Path):
-    device, phone = Database.open(tmp_path / "device"), Database.open(tmp_path / "phone")
-    device.default_collection.save_document("on-device", {"v": 1})
-    yield device, phone
-    device.close()
-    phone.close()
+def dbs(databases: DatabaseFactory) -> tuple[Database, Database]:
+    return databases("device", **{"on-device": {"v": 1}}), databases("phone")
 
 
-def _ca(cn: str):
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(NOW - dt.timedelta(days=1))
-        .not_valid_after(NOW + dt.timedelta(days=9))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    return cert, key
+def _ca(cn: str) -> CA:
+    return make_ca(cn, days=9, key_usage=False)
 
 
-def _client_identity(ca, cn: str, *, expired: bool = False) -> TLSIdentity:
-    ca_cert, ca_key = ca
-    key = ec.generate_private_key(ec.SECP256R1())
-    start = NOW - dt.timedelta(days=10) if expired else NOW - dt.timedelta(hours=1)
-    end = NOW - dt.timedelta(days=1) if expired else NOW + dt.timedelta(days=5)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(end)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    return TLSIdentity([cert], key)
+def _client_identity(ca: CA, cn: str, *, expired: bool = False) -> TLSIdentity:
+    return issue(ca, cn, expired=expired, not_after=None if expired else NOW + dt.timedelta(days=5))
 
 
 async def _pull(phone: Database, listener: URLEndpointListener, context: ssl.SSLContext, **kw):
@@ -195,7 +159,7 @@ async def test_client_certificate_from_the_right_ca(dbs, keystore) -> None:
         database=device,
         port=0,
         tls_identity=server,
-        authenticator=ListenerCertificateAuthenticator([good_ca[0]]),
+        authenticator=ListenerCertificateAuthenticator([good_ca.cert]),
     )
     async with URLEndpointListener(config) as listener:
 
@@ -219,7 +183,7 @@ def test_certificate_auth_without_tls_is_a_configuration_error(tmp_path) -> None
     config = URLEndpointListenerConfiguration(
         database=db,
         disable_tls=True,
-        authenticator=ListenerCertificateAuthenticator([_ca("x")[0]]),
+        authenticator=ListenerCertificateAuthenticator([_ca("x").cert]),
     )
     with pytest.raises(ListenerConfigurationError, match="TLS"):
         URLEndpointListener(config)

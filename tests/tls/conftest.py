@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parent))
-
-from tls_helpers import TestPKI
+from tests.support.pki import TestPKI
 
 from fieldsync.tls.keystore import Keystore
 

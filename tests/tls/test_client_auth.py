@@ -11,7 +11,15 @@ from collections.abc import Callable
 import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
-from tls_helpers import NOW, ClientOutcome, ServerOutcome, TestPKI, connect, issue, serve_once
+from tests.tls.tls_helpers import (
+    NOW,
+    ClientOutcome,
+    ServerOutcome,
+    TestPKI,
+    connect,
+    issue,
+    serve_once,
+)
 
 from fieldsync.listener.auth import AuthResult, ListenerCertificateAuthenticator
 from fieldsync.tls import context as context_module
@@ -162,7 +170,7 @@ def test_authenticate_checks_chain_time_and_usage(pki: TestPKI) -> None:
 
 def test_a_leaf_cannot_act_as_a_ca(pki: TestPKI) -> None:
     """A client certificate (CA:FALSE) issued by the root cannot issue further certificates."""
-    from tls_helpers import CA
+    from tests.tls.tls_helpers import CA
 
     phone = issue(pki.root, "phone")
     fake_ca = CA(phone.leaf, phone.private_key)  # type: ignore[arg-type]

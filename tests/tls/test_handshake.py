@@ -11,7 +11,7 @@ import ssl
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from tls_helpers import connect, serve_once
+from tests.tls.tls_helpers import connect, serve_once
 
 from fieldsync.tls.context import (
     TLS12_CIPHERS,

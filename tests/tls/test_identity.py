@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from tls_helpers import TestPKI, issue
+from tests.tls.tls_helpers import TestPKI, issue
 
 from fieldsync.tls.identity import (
     ANONYMOUS_RENEWAL_MARGIN,

@@ -1,114 +1,17 @@
-"""Test PKI and a one-connection TLS server on 127.0.0.1 for the TLS tests."""
+"""A one-connection TLS server and client on 127.0.0.1 for the TLS tests (the test PKI itself
+is ``tests.support.pki``, re-exported here)."""
 
 from __future__ import annotations
 
-import datetime as dt
 import socket
 import ssl
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from tests.support.pki import CA, NOW, TestPKI, issue, make_ca
 
-from fieldsync.tls.identity import TLSIdentity
-
-NOW = dt.datetime.now(dt.UTC)
-
-
-def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-
-@dataclass
-class CA:
-    cert: x509.Certificate
-    key: ec.EllipticCurvePrivateKey
-    chain: list[x509.Certificate] = field(default_factory=list)  # above this CA, excl. root
-
-
-def make_ca(cn: str, parent: CA | None = None) -> CA:
-    key = ec.generate_private_key(ec.SECP256R1())
-    issuer_name = parent.cert.subject if parent else _name(cn)
-    signer = parent.key if parent else key
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name(cn))
-        .issuer_name(issuer_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(NOW - dt.timedelta(days=1))
-        .not_valid_after(NOW + dt.timedelta(days=30))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(signer.public_key()), False
-        )
-        .sign(signer, hashes.SHA256())
-    )
-    is_root = parent is None or parent.cert.issuer == parent.cert.subject
-    return CA(cert, key, [] if is_root else [parent.cert, *parent.chain])
-
-
-def issue(
-    ca: CA,
-    cn: str,
-    *,
-    eku: list[x509.ObjectIdentifier] | None = None,
-    not_before: dt.datetime | None = None,
-    not_after: dt.datetime | None = None,
-) -> TLSIdentity:
-    """A client identity signed by ``ca``; its chain includes ``ca`` unless ``ca`` is a root."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(_name(cn))
-        .issuer_name(ca.cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(not_before or NOW - dt.timedelta(hours=1))
-        .not_valid_after(not_after or NOW + dt.timedelta(days=10))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.ExtendedKeyUsage(eku or [ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
-        )
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()), False
-        )
-    )
-    cert = builder.sign(ca.key, hashes.SHA256())
-    chain = [cert]
-    if ca.cert.issuer != ca.cert.subject:
-        chain += [ca.cert, *ca.chain]
-    return TLSIdentity(chain, key)
-
-
-class TestPKI:
-    """root → intermediate, plus an unrelated root."""
-
-    __test__ = False
-
-    def __init__(self) -> None:
-        self.root = make_ca("Test Root")
-        self.intermediate = make_ca("Test Intermediate", self.root)
-        self.other_root = make_ca("Other Root")
+__all__ = ["CA", "NOW", "TestPKI", "connect", "issue", "make_ca", "serve_once"]
 
 
 @dataclass

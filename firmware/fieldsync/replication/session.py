@@ -165,4 +165,4 @@ class ReplicationSession:
             task.cancel()
         for pusher in self.pushers:
             await pusher.close()
-        await self.inserter.aclose()
+        self.inserter.close()
