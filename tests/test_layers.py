@@ -17,9 +17,10 @@ import pytest
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[1] / "firmware" / "fieldsync"
 
-#: Top-level modules every part of fieldsync may import; they import only each other.
+#: Top-level modules every part of fieldsync may import (errors, JSON, durable files); they
+#: import only each other.
 #: (``__init__`` holds only ``__version__``.)
-BASE = {"__init__", "errors", "fastjson", "safejson"}
+BASE = {"__init__", "errors", "fastjson", "files", "safejson"}
 
 #: What each part may import besides itself and the base.
 ALLOWED: dict[str, set[str]] = {

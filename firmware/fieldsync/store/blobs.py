@@ -25,6 +25,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, BinaryIO
 
+from fieldsync.files import fsync_directory
 from fieldsync.store.errors import InvalidInput, NotFoundError, StoreError
 
 DIGEST_PREFIX = "sha1-"
@@ -110,14 +111,6 @@ def find_blobs(body: dict[str, Any]) -> list[dict[str, Any]]:
     return found
 
 
-def _fsync_directory(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class BlobWriter:
     """Streams one blob into the store. ``finish()`` makes it durable and returns its digest.
 
@@ -168,7 +161,7 @@ class BlobWriter:
         try:
             os.chmod(self._temp, 0o644)
             os.replace(self._temp, self._store.path_for(digest))
-            _fsync_directory(self._store.path)
+            fsync_directory(self._store.path)
         except OSError:
             self._temp.unlink(missing_ok=True)
             raise
@@ -310,7 +303,7 @@ class BlobStore:
 
     def sync_directory(self) -> None:
         """Make renames and removals in the blob directory durable."""
-        _fsync_directory(self.path)
+        fsync_directory(self.path)
 
     def delete(self, digest: str) -> bool:
         """Remove a blob; ``True`` if it existed."""

@@ -39,7 +39,6 @@ import os
 import re
 import secrets
 import stat
-import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +49,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from fieldsync.errors import FieldsyncError
+from fieldsync.files import atomic_write, fsync_directory
 
 __all__ = [
     "ENTRY_SUFFIX",
@@ -267,7 +267,7 @@ class Keystore:
             os.unlink(path)
         except FileNotFoundError:
             return False
-        _fsync_directory(self._path)
+        fsync_directory(self._path)
         return True
 
     @contextlib.contextmanager
@@ -294,7 +294,7 @@ class Keystore:
         except FileExistsError:
             return
         os.chmod(self._path, 0o700)
-        _fsync_directory(self._path.parent)
+        fsync_directory(self._path.parent)
 
     def _check_directory(self) -> None:
         try:
@@ -475,42 +475,10 @@ def _read_private_file(path: Path, *, what: str) -> bytes:
 
 
 def _atomic_write(path: Path, data: bytes, *, overwrite: bool, what: str) -> None:
-    """Write ``data`` to ``path`` (0600) via a fsynced temp file and rename, then fsync the dir."""
-    directory = path.parent
+    """Write ``data`` to ``path`` (0600) durably (``fieldsync.files.atomic_write``)."""
     try:
-        fd, temp_name = tempfile.mkstemp(prefix=_TEMP_PREFIX, dir=directory)
+        atomic_write(path, data, mode=0o600, overwrite=overwrite, temp_prefix=_TEMP_PREFIX)
+    except FileExistsError:
+        raise
     except OSError as exc:
         raise KeystoreError(f"cannot write {what} {path}: {exc.strerror or exc}") from None
-    try:
-        try:
-            os.fchmod(fd, 0o600)
-            view = memoryview(data)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        if overwrite:
-            os.replace(temp_name, path)
-        else:
-            os.link(temp_name, path)  # fails with FileExistsError instead of replacing
-            os.unlink(temp_name)
-        temp_name = ""
-    except OSError as exc:
-        if isinstance(exc, FileExistsError):
-            raise
-        raise KeystoreError(f"cannot write {what} {path}: {exc.strerror or exc}") from None
-    finally:
-        if temp_name:
-            with contextlib.suppress(OSError):
-                os.unlink(temp_name)
-    _fsync_directory(directory)
-
-
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
