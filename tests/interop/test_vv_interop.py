@@ -523,14 +523,8 @@ async def test_upgraded_phone_no_spurious_conflict(
         phone.close()
 
 
-async def test_upgraded_device_serves_legacy_docs(
-    litecore41: LiteCore, phone41_vv: LiteDatabase, tmp_path: Path
-) -> None:
-    """A device database from before version vectors (the schema-1 fixture of tests/store):
-    its untouched documents have no vector and go to a 4.x phone as RTE versions of their
-    revIDs (a bare legacy revID breaks a fresh LiteCore 4.1 phone's next pull of that doc);
-    the device app's and the phone's later edits then replicate both ways as versions, with no
-    conflict, and a rev-tree phone (4.1, CBMobile_3) still sees one rev tree."""
+def _old_device_db(tmp_path: Path) -> Any:
+    """The schema-1 fixture of tests/store (documents without vectors), opened as /device."""
     import sqlite3
 
     from fieldsync.store.paths import DATABASE_FILE
@@ -543,7 +537,18 @@ async def test_upgraded_device_serves_legacy_docs(
     conn = sqlite3.connect(directory / DATABASE_FILE)
     conn.executescript(fixture.read_text())
     conn.close()
-    device_db = store_mod.Database.open(directory)
+    return store_mod.Database.open(directory)
+
+
+async def test_upgraded_device_serves_legacy_docs(
+    litecore41: LiteCore, phone41_vv: LiteDatabase, tmp_path: Path
+) -> None:
+    """A device database from before version vectors (the schema-1 fixture of tests/store):
+    its untouched documents have no vector and go to a 4.x phone as RTE versions of their
+    revIDs (a bare legacy revID breaks a fresh LiteCore 4.1 phone's next pull of that doc);
+    the device app's and the phone's later edits then replicate both ways as versions, with no
+    conflict, and a rev-tree phone (4.1, CBMobile_3) still sees one rev tree."""
+    device_db = _old_device_db(tmp_path)
     server = await _start(device_db)
     rev_tree_phone = litecore41.open_db(tmp_path / "rt", "rt")
     try:
@@ -718,3 +723,107 @@ async def test_mixed_fleet_continuous(
         assert not (await r4.wait_async("stopped", timeout=30)).error
     same_docs(device, three)
     same_docs(device, four)
+
+
+async def test_two_vv_phones_merge_reaches_the_other(
+    litecore41: LiteCore, listener: Any, device_db: Any, phone41_vv: LiteDatabase, tmp_path: Path
+) -> None:
+    """Two 4.x phones conflict through the device; one resolves with a merged body (a merge
+    vector, ``cv, mv…;``); the device stores it and the other phone gets it as an update."""
+    a, device = phone41_vv, device_db.default_collection
+    b = litecore41.open_db(tmp_path / "b", "b", version_vectors=True)
+    try:
+        a.put("m", {"v": 0})
+        await sync(a, listener)
+        await sync(b, listener)
+        a.put("m", {"v": "a"})
+        b.put("m", {"v": "b"})
+        await sync(a, listener)
+        await sync(b, listener, conflicts_ok=True)
+        assert conflicted(b) == {"m"}
+        mine, theirs = b.leaf_revisions("m")
+        b.resolve_conflict("m", theirs["revID"], mine["revID"], {"v": "a+b"})
+        assert b.get("m")["globalRevID"].count(",") >= 1  # a merge vector
+        await sync(b, listener)
+        assert device.get_document("m").body == {"v": "a+b"}
+        assert device.get_versions("m").hlv.mv, device.get_versions("m")
+        ended = await sync(a, listener)
+        assert [d.doc_id for d in ended if not d.pushing] == ["m"], ended
+        assert not conflicted(a) and a.get("m")["body"] == {"v": "a+b"}
+        # And the device app edits the merged doc: both phones take it as an update.
+        current = device.get_document("m")
+        device.save_document("m", {"v": "device"}, expected_rev=current.rev_id)
+        await sync(a, listener)
+        await sync(b, listener)
+        assert not conflicted(a) and not conflicted(b)
+        same_docs(device, a)
+        same_docs(device, b)
+    finally:
+        b.close()
+
+
+@pytest.mark.parametrize("skew_minutes", [10, -60])
+async def test_device_clock_skew_after_seeing_a_phone(
+    listener: Any, device_db: Any, phone41_vv: LiteDatabase, skew_minutes: int
+) -> None:
+    """A device without RTC/NTP whose clock is 10 minutes ahead (LiteCore refuses versions more
+    than 2 minutes ahead of its own clock) or an hour behind: once it has seen a phone's
+    versions it stamps its own edits close after them, so the phone takes them as updates."""
+    import time
+
+    from fieldsync.store.doc_versions import device_versions
+
+    device = device_db.default_collection
+    device_versions(device_db.engine).wall = lambda: time.time_ns() + skew_minutes * 60 * 10**9
+    phone41_vv.put("p", {"v": 0})
+    await sync(phone41_vv, listener)
+    device.save_document("p", {"v": "device"}, expected_rev=device.get_document("p").rev_id)
+    device.save_document("d", {"v": "device"})
+    ended = await sync(phone41_vv, listener)
+    assert {d.doc_id for d in ended if not d.pushing} == {"p", "d"}, ended
+    assert phone41_vv.get("p")["body"] == {"v": "device"}
+    same_docs(device, phone41_vv)
+    stamped = device.get_versions("d").hlv.cv.time
+    assert abs(stamped - time.time_ns()) < 60 * 10**9, "stamped within a minute of the phone"
+
+
+async def test_upgraded_device_and_upgraded_phone(litecore41: LiteCore, tmp_path: Path) -> None:
+    """Both sides upgraded: the device's schema-1 database and a 4.1 phone that pulled it as a
+    rev-tree database before being opened with version vectors. Untouched docs are not sent
+    again (the phone's legacy revID and our RTE version are one revision); edits on either side
+    are updates."""
+    device_db = _old_device_db(tmp_path)
+    server = await _start(device_db)
+    try:
+        device = device_db.default_collection
+        phone = litecore41.open_db(tmp_path / "ph", "ph")
+        try:
+            await sync(phone, server)  # CBMobile_3
+        finally:
+            phone.close()
+        phone = litecore41.open_db(tmp_path / "ph", "ph", version_vectors=True)
+        try:
+            ended = await sync(phone, server)  # CBMobile_4: nothing new either way
+            assert [d.doc_id for d in ended] == [], ended
+            live = sorted(d for d in phone.all_docs() if device.get_document(d) is not None)
+            first, second = live[0], live[1]
+            current = device.get_document(first)
+            device.save_document(
+                first, dict(current.body, by="device"), expected_rev=current.rev_id
+            )
+            phone.put(second, dict(phone.get(second)["body"], by="phone"))
+            ended = await sync(phone, server)
+            assert sorted(d.doc_id for d in ended) == sorted([first, second]), ended
+            assert not conflicted(phone)
+            same_docs(device, phone)
+            current = device.get_document(second)
+            device.save_document(second, dict(current.body, again=1), expected_rev=current.rev_id)
+            phone.put(first, dict(phone.get(first)["body"], again=1))
+            await sync(phone, server)
+            assert not conflicted(phone)
+            same_docs(device, phone)
+        finally:
+            phone.close()
+    finally:
+        await server.stop()
+        device_db.close()

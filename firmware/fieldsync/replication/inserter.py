@@ -3,14 +3,22 @@
 Revisions arriving close together are inserted in one SQLite transaction (LiteCore batches
 the same way: up to 100 revisions or 20 ms). Each caller gets its own result only once the
 transaction holding its revision has durably committed.
+
+Threading rule (issue 13): the transactions run on ONE store-writer thread per process
+(:data:`WRITER`), in submission order, never on the event loop: a commit's fsync, or a wait of
+seconds for another process's write lock, leaves every session's loop free (ACKs, pings,
+reads through the engine's reader connection). While a batch commits, the next one grows
+(up to :data:`MAX_BATCH`), so a busy peer gets fewer, larger transactions. Results are handed
+back to the loop; nothing else crosses the seam.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from concurrent.futures import ThreadPoolExecutor
 
 from fieldsync.replication.messages import INSERTION_BATCH_SIZE, INSERTION_DELAY
 from fieldsync.replication.ports import ReplicatedCollection
@@ -20,11 +28,20 @@ from fieldsync.store.models import IncomingVersioned
 log = logging.getLogger(__name__)
 
 
-R = TypeVar("R", IncomingRevision, IncomingVersioned)
-_Batch = tuple[ReplicatedCollection, list[tuple[R, asyncio.Future[InsertResult]]]]
-
 #: What the inserter takes: a rev-tree revision, or (CBMobile_4) a revision named by a version.
 Incoming = IncomingRevision | IncomingVersioned
+
+#: The store-writer thread: every batch of received revisions commits here, one at a time.
+WRITER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fieldsync-store-writer")
+#: Most revisions in one transaction (a batch that grew while the previous one committed).
+MAX_BATCH = 500
+
+_Group = tuple[
+    ReplicatedCollection,
+    list[tuple[Incoming, "asyncio.Future[InsertResult]"]],
+    Callable[[Sequence[Incoming]], list[InsertResult]],
+]
+_Outcome = tuple[list[InsertResult] | None, BaseException | None]
 
 
 class Inserter:
@@ -39,6 +56,7 @@ class Inserter:
             tuple[ReplicatedCollection, Incoming, asyncio.Future[InsertResult]]
         ] = []
         self._timer: asyncio.TimerHandle | None = None
+        self._committing: asyncio.Future[list[_Outcome]] | None = None
 
     def insert(
         self, collection: ReplicatedCollection, revision: Incoming
@@ -47,53 +65,85 @@ class Inserter:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[InsertResult] = loop.create_future()
         self._pending.append((collection, revision, future))
-        if len(self._pending) >= self._batch_size:
+        if self._committing is not None:
+            pass  # flushed when the batch being committed is done
+        elif len(self._pending) >= self._batch_size:
             self.flush()
         elif self._timer is None:
             self._timer = loop.call_later(self._delay, self.flush)
         return future
 
     def flush(self) -> None:
-        """Commit everything queued, one transaction per collection and kind of revision."""
+        """Start committing what is queued (one transaction per collection and kind of
+        revision) on the writer thread, unless a batch is being committed: then it follows."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        pending, self._pending = self._pending, []
-        trees: dict[int, _Batch[IncomingRevision]] = {}
-        vectors: dict[int, _Batch[IncomingVersioned]] = {}
-        for collection, revision, future in pending:
-            if isinstance(revision, IncomingVersioned):
-                vectors.setdefault(id(collection), (collection, []))[1].append((revision, future))
-            else:
-                trees.setdefault(id(collection), (collection, []))[1].append((revision, future))
-        for collection, tree_items in trees.values():
-            self._commit(collection, tree_items, collection.insert_revisions)
-        for collection, vector_items in vectors.values():
-            self._commit(collection, vector_items, collection.insert_versioned)
-
-    @staticmethod
-    def _commit(
-        collection: ReplicatedCollection,
-        items: list[tuple[R, asyncio.Future[InsertResult]]],
-        insert: Callable[[Sequence[R]], list[InsertResult]],
-    ) -> None:
-        try:
-            results = insert([rev for rev, _ in items])
-        except Exception as exc:  # a failed transaction fails every revision in it
-            log.error(
-                "inserting %d revisions into %s failed: %s",
-                len(items),
-                collection.full_name,
-                exc,
-            )
-            for _, future in items:
-                if not future.done():
-                    future.set_exception(exc)
+        if self._committing is not None or not self._pending:
             return
-        for (_, future), result in zip(items, results, strict=True):
-            if not future.done():
-                future.set_result(result)
+        pending = self._pending[:MAX_BATCH]
+        del self._pending[:MAX_BATCH]
+        groups: dict[tuple[int, bool], _Group] = {}
+        for collection, revision, future in pending:
+            versioned = isinstance(revision, IncomingVersioned)
+            group = groups.get((id(collection), versioned))
+            if group is None:
+                insert: Callable[[Sequence[Incoming]], list[InsertResult]] = (
+                    collection.insert_versioned  # type: ignore[assignment]
+                    if versioned
+                    else collection.insert_revisions
+                )
+                group = groups[(id(collection), versioned)] = (collection, [], insert)
+            group[1].append((revision, future))
+        batch = list(groups.values())
+        committing = asyncio.get_running_loop().run_in_executor(WRITER, _commit_all, batch)
+        self._committing = committing
+        committing.add_done_callback(lambda done: self._committed(batch, done))
+
+    def _committed(self, batch: list[_Group], done: asyncio.Future[list[_Outcome]]) -> None:
+        self._committing = None
+        try:
+            outcomes = done.result()
+        except BaseException as exc:  # the executor itself failed (shut down at exit)
+            outcomes = [(None, exc)] * len(batch)
+        for (collection, items, _insert), (results, error) in zip(batch, outcomes, strict=True):
+            if error is not None or results is None:
+                log.error(
+                    "inserting %d revisions into %s failed: %s",
+                    len(items),
+                    collection.full_name,
+                    error,
+                )
+                for _, future in items:
+                    if not future.done():
+                        future.set_exception(error or RuntimeError("no result"))
+                continue
+            for (_, future), result in zip(items, results, strict=True):
+                if not future.done():
+                    future.set_result(result)
+        if self._pending:
+            self.flush()
 
     def close(self) -> None:
         """Commit what is queued (revisions already received stay durable)."""
         self.flush()
+
+    async def aclose(self) -> None:
+        """Commit what is queued and wait until every batch is durable."""
+        self.flush()
+        while self._committing is not None:
+            with contextlib.suppress(BaseException):
+                await asyncio.shield(self._committing)
+            await asyncio.sleep(0)  # let _committed run and flush what followed
+            self.flush()
+
+
+def _commit_all(batch: list[_Group]) -> list[_Outcome]:
+    """On the writer thread: one transaction per group; a failed one fails its revisions."""
+    outcomes: list[_Outcome] = []
+    for _collection, items, insert in batch:
+        try:
+            outcomes.append((insert([revision for revision, _ in items]), None))
+        except Exception as exc:
+            outcomes.append((None, exc))
+    return outcomes

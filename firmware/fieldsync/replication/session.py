@@ -165,4 +165,4 @@ class ReplicationSession:
             task.cancel()
         for pusher in self.pushers:
             await pusher.close()
-        self.inserter.close()
+        await self.inserter.aclose()

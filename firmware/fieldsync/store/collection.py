@@ -605,7 +605,7 @@ class Collection:
 
     def _read_tree(self, doc_id: str) -> RevTree | None:
         """The tree of a document, read consistently; ``None`` if the document is unknown."""
-        with self._engine.locked() as conn:
+        with self._engine.reading() as conn:
             row = conn.execute(
                 "SELECT id FROM docs WHERE collection = ? AND doc_id = ?", (self.id, doc_id)
             ).fetchone()

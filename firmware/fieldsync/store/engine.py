@@ -23,6 +23,10 @@ CommitHook = Callable[[dict[int, int]], None]
 RollbackHook = Callable[[], None]
 
 
+#: A WAL reader waits for nothing but a checkpoint's brief lock; bounded anyway.
+_READER_TIMEOUT = 1.0
+
+
 def _ignore_commit(_sequences: dict[int, int]) -> None:
     return None
 
@@ -36,6 +40,13 @@ class Engine:
 
     Write transactions nest: the outermost level is ``BEGIN IMMEDIATE`` … ``COMMIT`` (durable,
     ``synchronous=FULL``); inner levels are savepoints that roll back on their own.
+
+    Threading rule (issue 13): a thread that finds the connection busy in another thread (a
+    write transaction, which may itself be waiting seconds for another process's write lock)
+    does not wait for it: :meth:`query` and :meth:`reading` then use a second, read-only
+    connection, which in WAL mode sees the last committed state without blocking. So the event
+    loop can read while the store's writer thread commits. Reads inside a write transaction (the
+    thread that holds the lock) always use the writing connection and see its own writes.
     """
 
     def __init__(
@@ -57,6 +68,12 @@ class Engine:
         self._depth = 0  # nesting depth of write transactions
         self._pending: dict[int, int] = {}  # collection id -> last sequence written, uncommitted
         self._data_version: int = conn.execute("PRAGMA data_version").fetchone()[0]
+        self._reader: sqlite3.Connection | None = None  # opened on first use
+        # Its file, known now: the writing connection may be busy (for seconds) when needed.
+        self._reader_path: str = next(
+            (row[2] for row in conn.execute("PRAGMA database_list") if row[1] == "main"), ""
+        )
+        self._read_lock = threading.Lock()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -77,6 +94,10 @@ class Engine:
                     raise StoreError("cannot close the database inside a transaction")
                 self._conn.close()
                 self._conn = None
+                with self._read_lock:
+                    if self._reader is not None:
+                        self._reader.close()
+                        self._reader = None
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[sqlite3.Connection]:
@@ -93,9 +114,54 @@ class Engine:
     # -- reading -----------------------------------------------------------------------------
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
-        """Run one statement and return all its rows."""
+        """Run one (reading) statement and return all its rows."""
+        if self._lock.acquire(blocking=False):
+            try:
+                return self._connection().execute(sql, params).fetchall()
+            finally:
+                self._lock.release()
+        with self._read_lock:
+            reader = self._reader_connection()
+            if reader is not None:
+                return reader.execute(sql, params).fetchall()
         with self._lock:
             return self._connection().execute(sql, params).fetchall()
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[sqlite3.Connection]:
+        """A connection for several reads of one consistent, committed state (or of the open
+        transaction, in the thread that holds it). Never waits for another thread's write."""
+        if self._lock.acquire(blocking=False):
+            try:
+                yield self._connection()
+            finally:
+                self._lock.release()
+            return
+        with self._read_lock:
+            reader = self._reader_connection()
+            if reader is not None:
+                reader.execute("BEGIN")
+                try:
+                    yield reader
+                finally:
+                    reader.execute("COMMIT")
+                return
+        with self._lock:
+            yield self._connection()
+
+    def _reader_connection(self) -> sqlite3.Connection | None:
+        """The read-only second connection (call with ``_read_lock`` held); ``None`` for a
+        database without a file."""
+        if self._reader is None:
+            path = self._reader_path
+            if not path or self._conn is None:
+                return None
+            reader = sqlite3.connect(
+                path, isolation_level=None, check_same_thread=False, timeout=_READER_TIMEOUT
+            )
+            reader.execute("PRAGMA query_only=1")
+            self._reader = reader
+        return self._reader
 
     def data_version_changed(self) -> bool:
         """Whether another connection committed since the last call (``False`` while this one

@@ -1,0 +1,201 @@
+"""Guarantees that must hold with the store writer thread and the engine's reader connection
+(issue 13): several phones at once, a server killed with SIGKILL while phones push, and reads
+while another process holds SQLite's write lock. No timings are asserted, only outcomes and
+orderings."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from raw_blip import RawClient
+
+from fieldsync.replication.inserter import WRITER
+from fieldsync.replicator import Replicator, ReplicatorConfiguration, ReplicatorType
+from fieldsync.store import Database, IncomingRevision
+
+PUSH, PULL = ReplicatorType.PUSH, ReplicatorType.PULL
+PHONES = 5
+OWN = 120
+SHARED = 15
+FIRMWARE = Path(__file__).resolve().parents[2] / "firmware"
+
+
+def _replicator(db: Database, url: str, kind: ReplicatorType) -> Replicator:
+    return Replicator(ReplicatorConfiguration(database=db, url=url, replicator_type=kind))
+
+
+async def test_five_phones_at_once_conflicts_once_and_checkpoints_hold(
+    url_of, listener, device_db, tmp_path
+) -> None:
+    phones = [Database.open(tmp_path / f"phone{p}") for p in range(PHONES)]
+    try:
+        for p, phone in enumerate(phones):
+            coll = phone.default_collection
+            for i in range(OWN):
+                coll.save_document(f"p{p}-{i:04}", {"phone": p, "i": i, "pad": "x" * 200})
+            for k in range(SHARED):  # every phone creates the same documents: conflicts
+                coll.save_document(f"shared-{k}", {"phone": p, "k": k})
+        url = url_of(listener)
+
+        pushed = await asyncio.gather(*(_replicator(db, url, PUSH).run() for db in phones))
+        device = device_db.default_collection
+        for p in range(PHONES):
+            for i in (0, OWN - 1):
+                assert device.get_document(f"p{p}-{i:04}").body["phone"] == p
+        for k in range(SHARED):
+            doc_id = f"shared-{k}"
+            assert device.leaf_revisions(doc_id) == [device.get_document(doc_id).rev_id]
+            winner = device.get_document(doc_id).body["phone"]
+            # Exactly one phone's revision was stored; every other phone heard of the
+            # conflict exactly once, and the winner did not.
+            reports = [[d for d, _ in result.conflicts].count(doc_id) for result in pushed]
+            assert reports[winner] == 0
+            assert sorted(reports) == [0] + [1] * (PHONES - 1), (doc_id, reports)
+        assert sum(r.docs_pushed for r in pushed) == PHONES * OWN + SHARED
+        assert device.count() == PHONES * OWN + SHARED
+
+        pulled = await asyncio.gather(*(_replicator(db, url, PULL).run() for db in phones))
+        for phone, result in zip(phones, pulled, strict=True):
+            assert result.errors == 0, result.last_error
+            assert phone.default_collection.count() == PHONES * OWN + SHARED
+
+        # Checkpoints: nothing is sent again, either way, even with all phones at once.
+        again = await asyncio.gather(
+            *(_replicator(db, url, kind).run() for db in phones for kind in (PUSH, PULL))
+        )
+        assert [r.docs_pushed + r.docs_pulled for r in again] == [0] * (2 * PHONES)
+    finally:
+        for phone in phones:
+            phone.close()
+
+
+def _rev_id(doc_id: str) -> str:
+    return "1-" + hashlib.sha1(doc_id.encode()).hexdigest()
+
+
+async def _push_raw(port: int, phone: int, acked: list[tuple[str, str]], docs: int) -> None:
+    """Send ``rev`` messages without waiting between them; record each acknowledged one."""
+
+    class _Where:
+        pass
+
+    where = _Where()
+    where.port = port  # type: ignore[attr-defined]
+    body = b'{"pad":"' + b"y" * 900 + b'"}'
+    async with RawClient(where, database="device", name=f"phone{phone}") as session:
+        replies = []
+        for i in range(docs):
+            doc_id = f"k{phone}-{i:05}"
+            future = session.send_nowait(
+                "rev", {"id": doc_id, "rev": _rev_id(doc_id), "sequence": str(i + 1)}, body
+            )
+            assert future is not None
+            future.add_done_callback(
+                lambda f, d=doc_id: (
+                    acked.append((d, _rev_id(d)))
+                    if not f.cancelled() and f.exception() is None and not f.result().is_error
+                    else None
+                )
+            )
+            replies.append(future)
+            if i % 50 == 0:
+                await asyncio.sleep(0)
+        await asyncio.gather(*replies, return_exceptions=True)
+
+
+async def test_acknowledged_revisions_survive_sigkill_with_three_phones(tmp_path) -> None:
+    db_dir = tmp_path / "device"
+    env = dict(os.environ, PYTHONPATH=str(FIRMWARE), PYTHONUNBUFFERED="1")
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "fieldsync",
+            "run",
+            "--db",
+            str(db_dir),
+            "--name",
+            "device",
+            "--port",
+            "0",
+            "--no-tls",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None
+        port = None
+        while port is None:
+            line = await asyncio.to_thread(server.stdout.readline)
+            assert line, "fieldsync run ended before printing its URL"
+            match = re.search(r"ws://\S+:(\d+)/device", line)
+            if match:
+                port = int(match.group(1))
+        acked: list[tuple[str, str]] = []
+        pushes = [asyncio.create_task(_push_raw(port, p, acked, 3000)) for p in range(3)]
+        while len(acked) < 600 and not all(t.done() for t in pushes):
+            await asyncio.sleep(0.005)
+        server.send_signal(signal.SIGKILL)
+        snapshot = list(acked)  # acknowledged before the kill was sent
+        await asyncio.gather(*pushes, return_exceptions=True)
+        assert server.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+    assert len(snapshot) >= 1
+    with Database.open(db_dir, create=False) as db:
+        coll = db.default_collection
+        for doc_id, rev_id in snapshot:
+            revision = coll.get_revision(doc_id, rev_id)
+            assert revision is not None, f"acknowledged {doc_id} {rev_id} lost"
+            assert revision.body is not None and b"yyyy" in revision.body
+
+
+def test_reads_do_not_wait_for_a_write_stuck_behind_another_process(tmp_path) -> None:
+    """Another process holds the write lock; the writer thread's transaction waits for it;
+    meanwhile reads (as the event loop makes them) answer from the committed state."""
+    with Database.open(tmp_path / "db") as db:
+        coll = db.default_collection
+        coll.save_document("before", {"n": 1})
+        holder = sqlite3.connect(db.path / "db.sqlite3", isolation_level=None)
+        try:
+            holder.execute("BEGIN IMMEDIATE")  # the other process's write lock
+            started = threading.Event()
+
+            def write() -> object:
+                started.set()
+                return coll.insert_revisions(
+                    [IncomingRevision("later", _rev_id("later"), [], False, b'{"n":2}')]
+                )
+
+            pending = WRITER.submit(write)
+            assert started.wait(10)
+            while db.engine.lock.acquire(blocking=False):  # until the writer thread holds it
+                db.engine.lock.release()
+                if pending.done():
+                    break
+                time.sleep(0.001)
+            # These would wait for the lock (up to the busy timeout) without the reader.
+            assert coll.get_document("before").body == {"n": 1}
+            assert [c.doc_id for c in coll.changes_since(0)] == ["before"]
+            assert coll.rev_history("before", coll.get_document("before").rev_id)
+            assert not pending.done(), "the write was expected to be waiting for the lock"
+            holder.execute("COMMIT")
+            assert [r.status for r in pending.result(timeout=30)] == [201]
+            assert coll.get_document("later").body == {"n": 2}
+        finally:
+            holder.close()
