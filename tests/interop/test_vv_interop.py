@@ -827,3 +827,30 @@ async def test_upgraded_device_and_upgraded_phone(litecore41: LiteCore, tmp_path
     finally:
         await server.stop()
         device_db.close()
+
+
+async def test_vv_phone_over_tls_with_a_password(device_db: Any, phone41_vv: LiteDatabase) -> None:
+    """What a 4.x app in the field does: wss with the device's pinned certificate and Basic auth."""
+    from fieldsync.listener.auth import ListenerPasswordAuthenticator, hash_password
+
+    auth = ListenerPasswordAuthenticator.from_users({"ranger": hash_password("s3cret")})
+    config = listener_mod.URLEndpointListenerConfiguration(
+        database=device_db, port=0, authenticator=auth
+    )
+    async with listener_mod.URLEndpointListener(config) as server:
+        pem = server.tls_identity.certificate_pem(chain=False)
+        phone41_vv.put("secure", {"v": 1})
+        device_db.default_collection.save_document("from-device", {"v": 2})
+        with phone41_vv.replicator(
+            url(server, scheme="wss"), pinned_cert_pem=pem, username="ranger", password="s3cret"
+        ) as repl:
+            status = await run(repl)
+            ended = list(repl.documents_ended)
+        assert not status.error, status
+        assert {d.doc_id for d in ended if not d.error} == {"secure", "from-device"}, ended
+        with phone41_vv.replicator(
+            url(server, scheme="wss"), pinned_cert_pem=pem, username="ranger", password="nope"
+        ) as repl:
+            status = await run(repl)
+        assert status.error.code == 401, status
+    same_docs(device_db.default_collection, phone41_vv)
