@@ -22,7 +22,8 @@ from tests.agent.netns import NetnsPair, NsProcess
 from tests.support.pki import make_ca, write_pem
 
 from fieldsync.agent.control import ControlError, query_status
-from fieldsync.agent.passwords import hash_password, verify_password
+from fieldsync.agent.passwords import hash_password
+from fieldsync.listener.passwords import verify_password
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "board" / "fieldsync.toml.example"
 SERVICE = "_fieldsync._tcp.local."

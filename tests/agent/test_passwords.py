@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from fieldsync.agent.passwords import (
+from fieldsync.agent.passwords import hash_password
+from fieldsync.listener.auth import ListenerPasswordAuthenticator
+from fieldsync.listener.passwords import (
     PasswordHashError,
     check_password_hash,
     describe_password_hash_problem,
-    hash_password,
     verify_password,
 )
-from fieldsync.listener.auth import ListenerPasswordAuthenticator
 
 SALT = "c2FsdHNhbHRzYWx0c2FsdA"  # 16 bytes
 DIGEST = "A" * 43  # 32 bytes

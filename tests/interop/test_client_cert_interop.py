@@ -8,7 +8,6 @@ refused and nothing moves in either direction. Skipped without ``FIELDSYNC_LITEC
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,11 +28,8 @@ auth_mod = pytest.importorskip("fieldsync.listener.auth")
 identity_mod = pytest.importorskip("fieldsync.tls.identity")
 
 from cryptography import x509  # noqa: E402
-from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
-from cryptography.hazmat.primitives.asymmetric import ec, rsa  # noqa: E402
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID  # noqa: E402
-
-NOW = dt.datetime.now(dt.UTC)
+from cryptography.x509.oid import NameOID  # noqa: E402
+from tests.support.pki import CA, issue, make_ca  # noqa: E402
 
 #: Refusals a phone can act on (LiteCore does not retry them): LiteCore's network codes for a
 #: TLS alert from the server (handshake failed 6, cert required 9, cert rejected 10: see
@@ -46,65 +42,15 @@ CLEAR_REFUSALS = {
     (WEBSOCKET_DOMAIN, 403),
 }
 
-CA = tuple[x509.Certificate, Any]
-
 
 def _ca(cn: str) -> CA:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(NOW - dt.timedelta(days=1))
-        .not_valid_after(NOW + dt.timedelta(days=30))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=False,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .sign(key, hashes.SHA256())
-    )
-    return cert, key
+    return make_ca(cn)
 
 
 def _client_cert(ca: CA, cn: str, *, rsa_key: bool = False) -> tuple[str, bytes]:
     """(certificate PEM, private key PEM) for a phone, issued by ``ca``."""
-    ca_cert, ca_key = ca
-    key = (
-        rsa.generate_private_key(65537, 2048)
-        if rsa_key
-        else ec.generate_private_key(ec.SECP256R1())
-    )
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(NOW - dt.timedelta(hours=1))
-        .not_valid_after(NOW + dt.timedelta(days=5))
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-    return cert.public_bytes(serialization.Encoding.PEM).decode(), key_pem
+    identity = issue(ca, cn, key_type="rsa" if rsa_key else "ec", with_chain=False)
+    return identity.certificate_pem(chain=False), identity.private_key_pem()
 
 
 @pytest.fixture
@@ -148,7 +94,7 @@ async def test_client_certificate_from_trusted_ca(
     device_db: Any, phone: LiteDatabase, server_identity: Any
 ) -> None:
     trusted, other = _ca("field CA"), _ca("some other CA")
-    authenticator = auth_mod.ListenerCertificateAuthenticator([trusted[0]])
+    authenticator = auth_mod.ListenerCertificateAuthenticator([trusted.cert])
     phone.put("on-phone", {"v": "phone"})
     async with listener_mod.URLEndpointListener(
         _config(device_db, server_identity, authenticator)
@@ -222,7 +168,7 @@ async def test_refused_client_certificate_is_a_clear_non_transient_error(
     before closing it (sockpp ``check_mbed_setup``), so its clients get NetworkDomain 10.
     """
     trusted = _ca("field CA")
-    authenticator = auth_mod.ListenerCertificateAuthenticator([trusted[0]])
+    authenticator = auth_mod.ListenerCertificateAuthenticator([trusted.cert])
     cert = _client_cert(_ca("some other CA"), "mallory") if presented == "other-ca" else None
     async with listener_mod.URLEndpointListener(
         _config(device_db, server_identity, authenticator)

@@ -59,6 +59,18 @@ def same(fingerprint: str, other: str) -> bool:
     return norm(fingerprint) == norm(other)
 
 
+def finish(process: subprocess.Popen[str]) -> tuple[int, str]:
+    """Stop ``process`` (SIGTERM, then SIGKILL) and return its exit status and stderr."""
+    if process.poll() is None:
+        process.terminate()
+    try:
+        _out, err = process.communicate(timeout=TIMEOUT)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        _out, err = process.communicate()
+    return process.returncode, err
+
+
 class RunProcess:
     """``fieldsync run`` on loopback with an OS-chosen port."""
 
@@ -84,14 +96,7 @@ class RunProcess:
         raise AssertionError(f"fieldsync run did not start: {self.finish()}")
 
     def finish(self) -> tuple[int, str]:
-        if self.process.poll() is None:
-            self.process.terminate()
-        try:
-            _out, err = self.process.communicate(timeout=TIMEOUT)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            _out, err = self.process.communicate()
-        return self.process.returncode, err
+        return finish(self.process)
 
 
 @contextlib.contextmanager
@@ -150,14 +155,7 @@ class AgentProcess:
         return wait_for(serving, timeout=TIMEOUT, what="the agent serving with TLS")
 
     def finish(self) -> tuple[int, str]:
-        if self.process.poll() is None:
-            self.process.terminate()
-        try:
-            _out, err = self.process.communicate(timeout=TIMEOUT)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            _out, err = self.process.communicate()
-        return self.process.returncode, err
+        return finish(self.process)
 
 
 def agent_fingerprint(workdir: Path, db: Path, keystore: Path, top: str = "") -> str:

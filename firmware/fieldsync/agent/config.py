@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from fieldsync.agent.advertiser import DEFAULT_SERVICE_TYPE
-from fieldsync.agent.passwords import describe_password_hash_problem
 from fieldsync.errors import FieldsyncError
 from fieldsync.listener.config import DEFAULT_PORT as LISTENER_DEFAULT_PORT
+from fieldsync.listener.passwords import describe_password_hash_problem
 from fieldsync.store.names import is_valid_collection_name
 from fieldsync.tls.identity import DEFAULT_SERVER_ALIAS
 from fieldsync.tls.keystore import DEVICE_KEYSTORE, validate_alias

@@ -87,7 +87,8 @@ def _check_config(path: Path) -> int:
 
 
 def _hash_password() -> int:
-    from fieldsync.agent.passwords import PasswordHashError, hash_password
+    from fieldsync.agent.passwords import hash_password
+    from fieldsync.listener.passwords import PasswordHashError
 
     if sys.stdin.isatty():
         password = getpass.getpass("password: ")

@@ -30,6 +30,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
+from fieldsync.cli.common import CommandError
 from fieldsync.progress import Progress
 from fieldsync.store import (
     Collection,
@@ -45,10 +46,6 @@ from fieldsync.store.paths import default_database_path
 from fieldsync.store.versions import HLV
 
 DEFAULT_COLLECTION_NAME = f"{DEFAULT_SCOPE}.{DEFAULT_COLLECTION}"
-
-
-class CommandError(Exception):
-    """A failure reported as one line on stderr."""
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

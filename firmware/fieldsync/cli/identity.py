@@ -13,6 +13,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from fieldsync.cli.common import CommandError
 from fieldsync.tls.identity import (
     CERT_ATTR_COMMON_NAME,
     CERT_ATTR_EMAIL_ADDRESS,
@@ -29,10 +30,6 @@ from fieldsync.tls.keystore import (
     default_keystore_path,
     generate_kek_file,
 )
-
-
-class _CommandError(Exception):
-    """A user-facing failure: printed as one line, exit status 1."""
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -132,7 +129,7 @@ def _guarded(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse
     def run(args: argparse.Namespace) -> int:
         try:
             return handler(args)
-        except (_CommandError, KeystoreError, TLSIdentityError, ValueError, OSError) as exc:
+        except (CommandError, KeystoreError, TLSIdentityError, ValueError, OSError) as exc:
             message = str(exc) or type(exc).__name__
             if isinstance(exc, OSError) and exc.filename and exc.strerror:
                 message = f"{exc.filename}: {exc.strerror}"
@@ -148,7 +145,7 @@ def _keystore(args: argparse.Namespace, *, create: bool = False) -> Keystore:
 
 def _create(args: argparse.Namespace) -> int:
     if args.days < 1:
-        raise _CommandError("--days must be at least 1")
+        raise CommandError("--days must be at least 1")
     attributes: dict[str, Any] = {CERT_ATTR_COMMON_NAME: args.cn}
     if args.org:
         attributes[CERT_ATTR_ORGANIZATION] = args.org
@@ -161,13 +158,13 @@ def _create(args: argparse.Namespace) -> int:
             try:
                 ipaddress.ip_address(value)
             except ValueError:
-                raise _CommandError(f"--ip {value!r} is not an IP address") from None
+                raise CommandError(f"--ip {value!r} is not an IP address") from None
         attributes[CERT_ATTR_IP_ADDRESS] = args.ip
     if args.email:
         attributes[CERT_ATTR_EMAIL_ADDRESS] = args.email
     keystore = _keystore(args, create=True)
     if args.alias in keystore:
-        raise _CommandError(f"keystore {keystore.path} already has an identity {args.alias!r}")
+        raise CommandError(f"keystore {keystore.path} already has an identity {args.alias!r}")
     expiration = dt.datetime.now(dt.UTC) + dt.timedelta(days=args.days)
     identity = TLSIdentity.create_identity(
         not args.client,
@@ -243,7 +240,7 @@ def _show(args: argparse.Namespace) -> int:
     keystore = _keystore(args)
     entry = keystore.load(args.alias)
     if entry is None:
-        raise _CommandError(f"no identity {args.alias!r} in {keystore.path}")
+        raise CommandError(f"no identity {args.alias!r} in {keystore.path}")
     identity = TLSIdentity(entry.certs, entry.private_key, alias=args.alias)
     leaf = identity.leaf
     now = dt.datetime.now(dt.UTC)
@@ -275,7 +272,7 @@ def _export(args: argparse.Namespace) -> int:
     keystore = _keystore(args)
     identity = TLSIdentity.get_identity(args.alias, keystore=keystore)
     if identity is None:
-        raise _CommandError(f"no identity {args.alias!r} in {keystore.path}")
+        raise CommandError(f"no identity {args.alias!r} in {keystore.path}")
     if args.qr is not None:
         return _export_qr(args, identity)
     pem = identity.certificate_pem(chain=not args.leaf_only)
@@ -296,7 +293,7 @@ def _export_qr(args: argparse.Namespace, identity: TLSIdentity) -> int:
     if not urls:
         urls = _agent_urls(identity.fingerprint_sha256)
     if not urls:
-        raise _CommandError(
+        raise CommandError(
             "no URLs for the code: the agent is not serving this identity; give --url "
             "wss://HOST:PORT/DATABASE"
         )
@@ -306,7 +303,7 @@ def _export_qr(args: argparse.Namespace, identity: TLSIdentity) -> int:
             pairing_info(urls, [d for d in databases if d], identity.fingerprint_sha256)
         )
     except PairingError as exc:
-        raise _CommandError(str(exc)) from None
+        raise CommandError(str(exc)) from None
     write_png(payload, args.qr)
     print(f"wrote {args.qr}: {payload}")
     return 0
@@ -329,7 +326,7 @@ def _agent_urls(fingerprint: str) -> list[str]:
 def _delete(args: argparse.Namespace) -> int:
     keystore = _keystore(args)
     if not TLSIdentity.delete_identity(args.alias, keystore=keystore):
-        raise _CommandError(f"no identity {args.alias!r} in {keystore.path}")
+        raise CommandError(f"no identity {args.alias!r} in {keystore.path}")
     print(f"deleted {args.alias}")
     return 0
 

@@ -10,6 +10,7 @@ import signal
 import sys
 from pathlib import Path
 
+from fieldsync.cli.common import add_collection_option
 from fieldsync.listener import URLEndpointListener, URLEndpointListenerConfiguration
 from fieldsync.listener.assembly import (
     AssemblyError,
@@ -44,13 +45,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help=f"TCP port; 0 = OS-chosen ({DEFAULT_PORT})",
     )
     parser.add_argument("--interface", help="network interface name or IP address to listen on")
-    parser.add_argument(
-        "--collection",
-        action="append",
-        default=[],
-        metavar="SCOPE.NAME",
-        help="serve only these collections (created if missing; repeatable)",
-    )
+    add_collection_option(parser, "serve only these collections (created if missing; repeatable)")
     parser.add_argument("--read-only", action="store_true", help="refuse pushes from phones")
     parser.add_argument("--delta-sync", action="store_true", help="enable delta sync")
     tls = parser.add_argument_group("TLS and authentication")

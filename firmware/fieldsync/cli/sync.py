@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from fieldsync.cli.common import add_collection_option
+
 if TYPE_CHECKING:
     from fieldsync.replication.stats import ReplicationStats
 
@@ -25,13 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("url", help="ws[s]://host:port/database")
     parser.add_argument("--db", type=Path, help="local database folder (default: user data)")
     parser.add_argument("--continuous", action="store_true", help="keep replicating until Ctrl-C")
-    parser.add_argument(
-        "--collection",
-        action="append",
-        default=[],
-        metavar="SCOPE.NAME",
-        help="replicate these collections (default: the default collection)",
-    )
+    add_collection_option(parser, "replicate these collections (default: the default collection)")
     parser.add_argument("--user", metavar="NAME:PASSWORD", help="HTTP Basic credentials")
     parser.add_argument(
         "--pinned-cert", type=Path, metavar="PEM", help="accept only this server certificate"

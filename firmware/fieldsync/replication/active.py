@@ -23,25 +23,11 @@ from websockets.exceptions import InvalidHandshake, InvalidStatus
 from websockets.typing import Subprotocol
 
 from fieldsync.blip import BLIPSession, IncomingRequest
-from fieldsync.replication import checkpoints, decisions
+from fieldsync.replication import checkpoints, decisions, messages
 from fieldsync.replication.checkpoints import CHECKPOINT_SAVE_INTERVAL, CollectionCheckpoint
 from fieldsync.replication.deltas import make_delta_encoder
 from fieldsync.replication.errors import ReplicationError
-from fieldsync.replication.messages import (
-    CHANGES,
-    CHANGES_BATCH_SIZE,
-    GET_ATTACHMENT,
-    GET_CHECKPOINT,
-    GET_COLLECTIONS,
-    NOREV,
-    PROPOSE_CHANGES,
-    PROVE_ATTACHMENT,
-    REV,
-    SUB_CHANGES,
-    SUPPORTED_SUBPROTOCOLS,
-    encode_json,
-    with_collection,
-)
+from fieldsync.replication.messages import encode_json, with_collection
 from fieldsync.replication.notifier import ChangeNotifier
 from fieldsync.replication.ports import ReplicatedCollection, ReplicatedDatabase
 from fieldsync.replication.puller import PullerHooks
@@ -162,7 +148,7 @@ class Replicator:
         try:
             websocket = await connect(
                 endpoint,
-                subprotocols=[Subprotocol(name) for name in SUPPORTED_SUBPROTOCOLS],
+                subprotocols=[Subprotocol(name) for name in messages.SUPPORTED_SUBPROTOCOLS],
                 additional_headers=self._headers(),
                 compression=None,
                 max_size=None,
@@ -325,12 +311,12 @@ class Replicator:
         def prove_attachment(request: IncomingRequest, _target: object, _i: int | None) -> None:
             session.blobs.prove_attachment(request)
 
-        session.register(CHANGES, changes)
-        session.register(REV, rev)
-        session.register(NOREV, norev)
-        session.register(PROPOSE_CHANGES, refuse)
-        session.register(GET_ATTACHMENT, get_attachment)
-        session.register(PROVE_ATTACHMENT, prove_attachment)
+        session.register(messages.CHANGES, changes)
+        session.register(messages.REV, rev)
+        session.register(messages.NOREV, norev)
+        session.register(messages.PROPOSE_CHANGES, refuse)
+        session.register(messages.GET_ATTACHMENT, get_attachment)
+        session.register(messages.PROVE_ATTACHMENT, prove_attachment)
 
     def _pull_sequence_done(self, index: int | None, sequence: object) -> None:
         state = self._by_index.get(index)
@@ -369,7 +355,7 @@ class Replicator:
             state = _CollectionState(
                 collections[0], None, checkpoints.checkpoint_id(local, endpoint, collections[0])
             )
-            reply = await blip.request(GET_CHECKPOINT, {"client": state.checkpoint.id})
+            reply = await blip.request(messages.GET_CHECKPOINT, {"client": state.checkpoint.id})
             assert reply is not None
             remote = None
             if not reply.is_error:
@@ -391,7 +377,7 @@ class Replicator:
                 "checkpoint_ids": [s.checkpoint.id for s in states],
                 "collections": [s.collection.full_name for s in states],
             }
-            reply = await blip.request(GET_COLLECTIONS, {}, encode_json(body))
+            reply = await blip.request(messages.GET_COLLECTIONS, {}, encode_json(body))
             assert reply is not None
             if reply.is_error:
                 raise ReplicationError(
@@ -423,7 +409,7 @@ class Replicator:
 
     async def _subscribe(self, blip: BLIPSession, state: _CollectionState) -> None:
         properties = {
-            "batch": str(CHANGES_BATCH_SIZE),
+            "batch": str(messages.CHANGES_BATCH_SIZE),
             "versioning": "rev-trees",
             "sendReplacementRevs": "1",
         }
@@ -434,7 +420,7 @@ class Replicator:
             properties["activeOnly"] = "true"
         if self.config.continuous:
             properties["continuous"] = "true"
-        reply = await blip.request(SUB_CHANGES, with_collection(properties, state.index))
+        reply = await blip.request(messages.SUB_CHANGES, with_collection(properties, state.index))
         assert reply is not None
         if reply.is_error:
             raise ReplicationError(
