@@ -9,7 +9,10 @@ it a BLIP session.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+import shutil
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
 
 from fieldsync.blip import BLIPSession, IncomingRequest
 from fieldsync.replication import checkpoints
@@ -35,12 +38,22 @@ from fieldsync.replication.notifier import ChangeNotifier
 from fieldsync.replication.ports import ReplicatedCollection, ReplicatedDatabase
 from fieldsync.replication.pusher import PushOptions
 from fieldsync.replication.routing import CollectionRouter
-from fieldsync.replication.session import ReplicationSession
+from fieldsync.replication.session import ReplicationSession, storage_trouble
 from fieldsync.replication.stats import ReplicationStats
 from fieldsync.replication.versioning import WireFormat, peer_source
+from fieldsync.store.errors import StorageError
 from fieldsync.store.versions import BadVersion
 
 log = logging.getLogger(__name__)
+
+#: Free space below which pushes are refused (507): room left for checkpoints and logs.
+DEFAULT_MIN_FREE_BYTES = 64 * 1024 * 1024
+
+
+def _free_space_of(database: object) -> Callable[[], int]:
+    path = Path(getattr(database, "path", "."))
+    return lambda: shutil.disk_usage(path).free
+
 
 Target = ReplicatedCollection | None
 
@@ -59,11 +72,19 @@ class PassiveReplicator:
         enable_delta_sync: bool = False,
         stats: ReplicationStats | None = None,
         wire: WireFormat = WireFormat.REV_TREES,
+        min_free_bytes: int | None = None,
+        free_space: Callable[[], int] | None = None,
     ) -> None:
         """``collections`` maps ``scope.name`` to the store collections this peer may use;
         ``wire`` is the spelling the negotiated subprotocol chose
-        (``WireFormat.for_subprotocol``)."""
+        (``WireFormat.for_subprotocol``). Pushes are refused (507) while the database's file
+        system has less than ``min_free_bytes`` free (default :data:`DEFAULT_MIN_FREE_BYTES`;
+        ``free_space()``, default: measured at the database's folder), so checkpoints and logs
+        still fit on a full card."""
         self._read_only = read_only
+        self._min_free_bytes = DEFAULT_MIN_FREE_BYTES if min_free_bytes is None else min_free_bytes
+        self._free_space = free_space or _free_space_of(database)
+        self._free_checked = (0.0, 0)
         self._delta_sync = enable_delta_sync
         self.session = ReplicationSession(
             session,
@@ -232,7 +253,28 @@ class PassiveReplicator:
         if self._read_only:
             request.respond_error("HTTP", 403, "Attempting to push to a pull-only replicator")
             return True
+        if self._min_free_bytes > 0 and self._free() < self._min_free_bytes:
+            trouble = StorageError(
+                507,
+                f"insufficient storage: less than {self._min_free_bytes // (1024 * 1024)} MiB "
+                "free on the device; pushes are refused until space is freed",
+            )
+            storage_trouble.report(self.session.name, trouble)
+            request.respond_error("HTTP", 507, str(trouble))
+            return True
         return False
+
+    def _free(self) -> int:
+        """Free bytes for the database, measured at most once a second."""
+        checked_at, free = self._free_checked
+        now = time.monotonic()
+        if now - checked_at >= 1.0:
+            try:
+                free = self._free_space()
+            except OSError:
+                free = self._min_free_bytes  # cannot tell: do not refuse on a guess
+            self._free_checked = (now, free)
+        return free
 
     def _propose_changes(
         self, request: IncomingRequest, target: Target, _index: int | None

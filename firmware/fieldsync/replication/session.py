@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
 from fieldsync.blip import BLIPSession, IncomingRequest
@@ -27,8 +28,33 @@ from fieldsync.replication.routing import CollectionRouter
 from fieldsync.replication.sequences import SequenceTracker
 from fieldsync.replication.stats import ReplicationStats
 from fieldsync.replication.versioning import PeerKey, WireFormat
+from fieldsync.store.errors import StorageError, storage_error
 
 log = logging.getLogger(__name__)
+
+
+class StorageTrouble:
+    """One log line per episode of storage failures (a full disk fails every revision and
+    checkpoint until space is freed): a line when it starts, none while it goes on."""
+
+    def __init__(self, quiet_after: float = 60.0) -> None:
+        self.quiet_after = quiet_after
+        self._last: float | None = None
+        self.suppressed = 0
+
+    def report(self, peer: str, trouble: StorageError) -> None:
+        now = time.monotonic()
+        if self._last is None or now - self._last > self.quiet_after:
+            extra = f" ({self.suppressed} more since the last report)" if self.suppressed else ""
+            log.error("%s: %s%s", peer, trouble, extra)
+            self.suppressed = 0
+        else:
+            self.suppressed += 1
+        self._last = now
+
+
+#: Shared by every connection of the process: the storage is the device's, not a peer's.
+storage_trouble = StorageTrouble()
 
 #: A handler for a message that may address a collection: (request, collection, index).
 #: ``collection`` is ``None`` only for messages outside ``COLLECTION_PROFILES``.
@@ -106,9 +132,18 @@ class ReplicationSession:
                 log.info("%s: %s refused: %s", self.name, profile, exc.message)
                 request.respond_error("HTTP", exc.status, exc.message)
                 return
-            result = handler(request, collection, index)
-            if inspect.isawaitable(result):
-                await result
+            try:
+                result = handler(request, collection, index)
+                if inspect.isawaitable(result):
+                    await result
+            except Exception as exc:
+                trouble = storage_error(exc)
+                if trouble is None:
+                    raise  # a bug: the BLIP session logs it and answers 500
+                storage_trouble.report(self.name, trouble)
+                self.stats.record_error(str(trouble))
+                if not request.responded:
+                    request.respond_error("HTTP", trouble.status, str(trouble))
 
         self.blip.register(profile, handle)
 
