@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from raw_blip import RawClient
+from tests.listener.raw_blip import RawClient
 
 from fieldsync.listener import URLEndpointListener, URLEndpointListenerConfiguration
 from fieldsync.replication.blobs import blob_proof

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from raw_blip import RawClient
+from tests.listener.raw_blip import RawClient
 
 from fieldsync.listener import URLEndpointListener, URLEndpointListenerConfiguration
 from fieldsync.store import Database
