@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+import segno
+
 PAYLOAD_VERSION = 1
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
@@ -117,8 +119,6 @@ def decode(text: str) -> PairingInfo:
 
 
 def _qr(payload: str):  # -> segno.QRCode (segno has no type hints of its own)
-    import segno
-
     return segno.make_qr(payload, error="m", boost_error=False)
 
 
