@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -10,14 +9,6 @@ import pytest
 
 from fieldsync.listener import URLEndpointListener, URLEndpointListenerConfiguration
 from fieldsync.store import Database
-
-# Helpers importable in any import mode: vv_phone (here) and raw_blip (tests/listener).
-for _folder in (
-    Path(__file__).resolve().parent,
-    Path(__file__).resolve().parent.parent / "listener",
-):
-    if str(_folder) not in sys.path:
-        sys.path.insert(0, str(_folder))
 
 
 @pytest.fixture

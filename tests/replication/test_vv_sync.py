@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from raw_blip import CBMOBILE_4, RawClient
-from vv_phone import VVPhone
+from tests.listener.raw_blip import CBMOBILE_4, RawClient
+from tests.replication.vv_phone import VVPhone
 from websockets.asyncio.client import connect
 
 from fieldsync.listener import URLEndpointListener, URLEndpointListenerConfiguration

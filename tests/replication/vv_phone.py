@@ -19,7 +19,7 @@ import uuid as uuid_module
 from dataclasses import dataclass, field
 from typing import Any
 
-from raw_blip import CBMOBILE_4, RawClient
+from tests.listener.raw_blip import CBMOBILE_4, RawClient
 
 from fieldsync.blip import IncomingRequest
 from fieldsync.store.versions import (
