@@ -2,17 +2,65 @@
 
 The store calls its change listeners after local commits and from ``poll_changes()``, which
 compares SQLite's ``data_version`` to notice commits by other processes. One notifier per
-database polls it on the event loop and wakes every feed waiting on a collection.
+database wakes every feed waiting on a collection.
+
+Other processes' commits are noticed without polling where the OS allows (issue 13): on Linux
+an inotify watch on the database's folder fires when any process writes the write-ahead log,
+and ``poll_changes()`` runs then (plus two re-checks shortly after the last write: SQLite
+publishes a commit in the shared-memory index, which inotify does not see, just after its last
+log write). An idle device with continuous phones then wakes only for writes and pings.
+Elsewhere (no inotify, or a database without a folder) it polls every :data:`POLL_INTERVAL`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import ctypes.util
+import logging
+import os
+import sys
+from pathlib import Path
 
 from fieldsync.replication.ports import ReplicatedCollection, ReplicatedDatabase
 
+log = logging.getLogger(__name__)
+
 POLL_INTERVAL = 0.025
+#: After the last write seen by inotify, ``poll_changes()`` runs again after these delays.
+RECHECK_DELAYS = (0.005, 0.05)
+
+_IN_MODIFY = 0x002
+_IN_CLOSE_WRITE = 0x008
+_IN_MOVED_TO = 0x080
+_IN_CREATE = 0x100
+_WATCH_MASK = _IN_MODIFY | _IN_CLOSE_WRITE | _IN_MOVED_TO | _IN_CREATE
+
+
+class _FolderWatch:
+    """A non-blocking inotify descriptor watching one folder (Linux only)."""
+
+    def __init__(self, folder: Path) -> None:
+        if not sys.platform.startswith("linux"):
+            raise OSError("inotify is Linux only")
+        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+        if fd < 0:
+            raise OSError(ctypes.get_errno(), "inotify_init1 failed")
+        if libc.inotify_add_watch(fd, os.fsencode(folder), _WATCH_MASK) < 0:
+            errno = ctypes.get_errno()
+            os.close(fd)
+            raise OSError(errno, f"inotify_add_watch({folder}) failed")
+        self.fd = fd
+
+    def drain(self) -> None:
+        with contextlib.suppress(BlockingIOError, InterruptedError):
+            while os.read(self.fd, 65536):
+                pass
+
+    def close(self) -> None:
+        os.close(self.fd)
 
 
 class ChangeNotifier:
@@ -28,6 +76,8 @@ class ChangeNotifier:
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._users = 0
+        self._watch: _FolderWatch | None = None
+        self._rechecks: list[asyncio.TimerHandle] = []
 
     def acquire(self) -> None:
         """Start watching (reference-counted: every acquire needs a release)."""
@@ -35,7 +85,9 @@ class ChangeNotifier:
         if self._users == 1:
             self._loop = asyncio.get_running_loop()
             self._token = self._database.add_change_listener(self._on_change)
-            self._task = self._loop.create_task(self._poll(), name="fieldsync-change-poll")
+            self._watch = self._start_watch(self._loop)
+            if self._watch is None:
+                self._task = self._loop.create_task(self._poll(), name="fieldsync-change-poll")
 
     def release(self) -> None:
         self._users -= 1
@@ -46,6 +98,45 @@ class ChangeNotifier:
             if self._task is not None:
                 self._task.cancel()
                 self._task = None
+            self._stop_watch()
+
+    def _start_watch(self, loop: asyncio.AbstractEventLoop) -> _FolderWatch | None:
+        folder = getattr(self._database, "path", None)
+        if folder is None:
+            return None
+        try:
+            watch = _FolderWatch(Path(folder))
+            loop.add_reader(watch.fd, self._on_folder_written)
+        except (OSError, AttributeError, NotImplementedError) as exc:
+            log.debug("no inotify on %s (%s); polling every %g s", folder, exc, POLL_INTERVAL)
+            return None
+        self._database.poll_changes()  # anything committed before the watch began
+        return watch
+
+    def _stop_watch(self) -> None:
+        for handle in self._rechecks:
+            handle.cancel()
+        self._rechecks = []
+        watch, self._watch = self._watch, None
+        if watch is not None:
+            if self._loop is not None:
+                with contextlib.suppress(Exception):
+                    self._loop.remove_reader(watch.fd)
+            watch.close()
+
+    def _on_folder_written(self) -> None:
+        watch, loop = self._watch, self._loop
+        if watch is None or loop is None:
+            return
+        watch.drain()
+        self._poll_once()
+        for handle in self._rechecks:
+            handle.cancel()
+        self._rechecks = [loop.call_later(delay, self._poll_once) for delay in RECHECK_DELAYS]
+
+    def _poll_once(self) -> None:
+        with contextlib.suppress(Exception):
+            self._database.poll_changes()
 
     def _on_change(self, collection: ReplicatedCollection, _sequence: int) -> None:
         loop = self._loop

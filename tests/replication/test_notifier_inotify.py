@@ -1,0 +1,67 @@
+"""The change notifier notices other processes' commits without polling (issue 13)."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from fieldsync.replication.notifier import ChangeNotifier
+from fieldsync.store import Database
+
+FIRMWARE = Path(__file__).resolve().parents[2] / "firmware"
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="inotify is Linux")
+
+
+class _CountingDatabase:
+    """The real database, counting ``poll_changes`` calls."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self.polls = 0
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._db, name)
+
+    def poll_changes(self) -> bool:
+        self.polls += 1
+        return self._db.poll_changes()
+
+
+async def test_idle_database_is_not_polled_and_a_foreign_commit_wakes_the_feed(tmp_path) -> None:
+    with Database.open(tmp_path / "db") as db:
+        counting = _CountingDatabase(db)
+        notifier = ChangeNotifier(counting)  # type: ignore[arg-type]
+        notifier.acquire()
+        try:
+            assert notifier._watch is not None and notifier._task is None
+            event = notifier.subscribe(db.default_collection)
+            await asyncio.sleep(0.3)  # idle: nothing written by anyone
+            before = counting.polls
+            await asyncio.sleep(0.5)
+            assert counting.polls == before, "an idle database was polled"
+            assert not event.is_set()
+
+            writer = textwrap.dedent(
+                f"""
+                from fieldsync.store import Database
+                with Database.open({str(db.path)!r}) as other:
+                    other.default_collection.save_document("from-daemon", {{"t": 1}})
+                """
+            )
+            await asyncio.to_thread(
+                subprocess.run,
+                [sys.executable, "-c", writer],
+                check=True,
+                env={"PYTHONPATH": str(FIRMWARE)},
+            )
+            await asyncio.wait_for(event.wait(), 10)
+            assert db.default_collection.get_document("from-daemon").body == {"t": 1}
+        finally:
+            notifier.release()
+        assert notifier._watch is None
