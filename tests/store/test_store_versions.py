@@ -507,3 +507,36 @@ def test_integrity_check_covers_vectors(coll: Collection, db: Database) -> None:
     assert any("'a'" in p and "is not its revision" in p for p in problems), problems
     assert any("cv column" in p for p in problems), problems
     assert any(p.startswith("clock:") for p in problems), problems
+
+
+def test_conflicting_versioned_revision_kept_as_branch_when_allowed(coll: Collection) -> None:
+    """With no_conflicts off, a vector conflict becomes a rev-tree branch: 3.x phones see two
+    leaves; the document's vector is the winner's; the branch keeps its own vector."""
+    coll.insert_versioned([pushed("d", ver(PHONE, 0))])
+    base = coll.get_versions("d")
+    assert base is not None and base.hlv is not None
+    device = coll.save_document("d", {"by": "device"})
+    assert device.version is not None
+    theirs = base.hlv.with_new_cv(Version.parse(ver(OTHER_PHONE, 5)))
+    rev = IncomingVersioned(
+        "d",
+        vv.VersionWithLegacy(theirs),
+        False,
+        b'{"by":"other phone"}',
+        "q",
+        no_conflicts=False,
+    )
+    [r] = coll.insert_versioned([rev])
+    assert r.status == 201 and "branch" in r.message
+    leaves = coll.leaf_revisions("d")
+    assert len(leaves) == 2 and coll.is_conflicted("d")
+    branch = next(leaf for leaf in leaves if leaf != device.rev_id)
+    assert coll.rev_history("d", branch)[1] == base.rev_id  # a sibling of the device's edit
+    branch_rev = coll.get_revision("d", branch)
+    assert branch_rev is not None and branch_rev.version == theirs
+    winner = coll.get_versions("d")
+    assert winner is not None and winner.hlv == coll.get_revision("d", winner.rev_id).version
+    assert vv.compare_vectors(winner.hlv, theirs) in (Order.CONFLICT, Order.SAME)
+    # the same revision again: already present
+    [r] = coll.insert_versioned([rev])
+    assert r.status == 200

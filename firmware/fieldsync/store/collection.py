@@ -541,7 +541,9 @@ class Collection:
         if order is Order.SAME or order is Order.OLDER:
             return InsertResult(200, "already present", current.current_text if current else None)
         if order is Order.CONFLICT:
-            assert current is not None
+            assert current is not None and row is not None
+            if not rev.no_conflicts:
+                return self._insert_versioned_branch(conn, rev, row, data)
             return InsertResult(
                 409,
                 f"{vector.cv} conflicts with current revision {current.current_text}",
@@ -575,6 +577,42 @@ class Collection:
                 conn, self.id, rev.doc_id, rev.peer, incoming.legacy[0] if incoming.legacy else ""
             )
         return InsertResult(201, "", str(hlv.cv))
+
+    def _insert_versioned_branch(
+        self, conn: sqlite3.Connection, rev: IncomingVersioned, row: _DocRow, data: bytes
+    ) -> InsertResult:
+        """Keep a conflicting versioned revision as a rev-tree branch (``no_conflicts`` off):
+        a child of the newest revision it descends from (by vector, else by its legacy tail),
+        carrying its own vector. 3.x phones see a rev-tree conflict; the winner's vector stays
+        the document's, so 4.x phones see whichever side wins and the other as a conflict."""
+        vector = rev.version.vector
+        assert vector is not None
+        tree = self._load_tree(conn, row.id)
+        vectors = dict(
+            conn.execute(
+                "SELECT rev_id, hlv FROM revs WHERE doc = ? AND hlv IS NOT NULL", (row.id,)
+            ).fetchall()
+        )
+        parent: str | None = None
+        for node in tree.in_priority_order():
+            text = vectors.get(node.rev_id)
+            stored = doc_versions.parse_stored(text) if text is not None else None
+            if (
+                stored is not None
+                and vector.contains(stored.cv)
+                and (parent is None or revid.sort_key(node.rev_id) > revid.sort_key(parent))
+            ):
+                parent = node.rev_id
+        if parent is None:
+            parent = next((r for r in rev.version.legacy if r in tree), None)
+        new_rev = revid.make(parent, rev.deleted, data)
+        if new_rev in tree:
+            return InsertResult(200, "already present", row.rev_id)
+        self._device.observe(conn, vector)
+        sequence = self._next_sequence(conn)
+        tree.add(new_rev, parent, rev.deleted, sequence, data)
+        winner = self._save_tree(conn, rev.doc_id, row, tree, new_rev, sequence, {new_rev: vector})
+        return InsertResult(201, "stored as a conflicting branch", winner)
 
     # -- storage -----------------------------------------------------------------------------
 

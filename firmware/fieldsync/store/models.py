@@ -72,13 +72,16 @@ class IncomingRevision:
 class IncomingVersioned:
     """A revision a 4.x phone pushed as a version: ``version`` is its vector plus legacy tail
     (``versions.parse_rev_history``). ``peer`` identifies the phone for the per-peer
-    ``lastLegacyRevID`` bookkeeping (``None``: not recorded)."""
+    ``lastLegacyRevID`` bookkeeping (``None``: not recorded). With ``no_conflicts`` off (never
+    the case for LiteCore 4.x pushers) a conflicting revision is kept as a rev-tree branch
+    instead of being refused."""
 
     doc_id: str
     version: VersionWithLegacy
     deleted: bool
     body: bytes
     peer: str | None = None
+    no_conflicts: bool = True
 
 
 @dataclass(frozen=True)
