@@ -450,3 +450,27 @@ async def test_legacy_docs_go_to_a_4x_phone_as_rte_versions(old_device) -> None:
     device.save_document(second, dict(current.body, again=True), expected_rev=current.rev_id)
     pulled = await phone.pull(server)
     assert pulled.received == {second} and not pulled.conflicts, pulled
+
+
+async def test_changes_from_a_vv_peer_are_answered_with_versions(listener, device_db) -> None:
+    """A peer pushing with ``changes`` instead of ``proposeChanges`` (LiteCore 4.x does not, a
+    Sync Gateway-style peer might): rows name versions, possibly whole vectors."""
+    device = device_db.default_collection
+    device.save_document("have", {"v": 1})
+    have = str(device.get_versions("have").hlv.cv)
+    new = Version(0x18ECB6C7F6DC0000, VVPhone().source)
+    async with RawClient(listener, CBMOBILE_4, "device") as session:
+        await session.request("getCollections", {}, collections_body("_default"))
+        rows = [[1, "have", have], [2, "new", f"{new}; {have}"]]
+        reply = await session.request("changes", {"collection": "0"}, json.dumps(rows).encode())
+        assert not reply.is_error and json.loads(reply.body) == [0, []]
+        assert "maxHistory" not in reply.properties
+        bad = await session.request(
+            "changes", {"collection": "0"}, json.dumps([[3, "x", "1@*"]]).encode()
+        )
+        assert bad.error_code == 400 and "rev of 'x'" in (bad.error_message or "")
+        stored = await session.request(
+            "rev", {"collection": "0", "id": "new", "rev": str(new), "sequence": "2"}, b"{}"
+        )
+        assert not stored.is_error, stored.error_message
+    assert device.get_versions("new").hlv.cv == new
