@@ -4,6 +4,7 @@ from ``scripts/fuzz_listener.py``; here a few hundred cases, bounded in count.""
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import sys
 from collections.abc import AsyncIterator
@@ -48,7 +49,12 @@ async def test_fuzzed_frames_and_upgrades_leave_the_listener_serving(served) -> 
     assert report.cases == 400
     assert report.hangs == 0
     assert report.sync_failures == 0 and report.sync_rounds > 0
-    # Every fuzz connection is gone once the run ends (nothing is kept for a closed peer).
+    # Every fuzz connection is gone once the run ends (nothing is kept for a closed peer); one
+    # the fuzzer just dropped may still be finishing its close for a moment.
+    for _ in range(100):
+        if listener.status.connection_count == 0:
+            break
+        await asyncio.sleep(0.05)
     assert listener.status.connection_count == 0
     # The witness's documents all arrived intact, whatever the fuzz did around them.
     assert db.default_collection.get_document("w1") is not None
