@@ -17,7 +17,7 @@ import threading
 import time
 from pathlib import Path
 
-from raw_blip import RawClient
+from tests.listener.raw_blip import RawClient
 
 from fieldsync.replication.inserter import WRITER
 from fieldsync.replicator import Replicator, ReplicatorConfiguration, ReplicatorType
@@ -68,6 +68,20 @@ async def test_five_phones_at_once_conflicts_once_and_checkpoints_hold(
         for phone, result in zip(phones, pulled, strict=True):
             assert result.errors == 0, result.last_error
             assert phone.default_collection.count() == PHONES * OWN + SHARED
+
+        # The pull resolved each phone's conflicts (issue 11): resolutions where the phone's
+        # side won go back to the device and on to the others; then everything is still.
+        for _ in range(4):
+            moved = 0
+            for kind in (PUSH, PULL):
+                runs = await asyncio.gather(*(_replicator(db, url, kind).run() for db in phones))
+                moved += sum(r.docs_pushed + r.docs_pulled for r in runs)
+            if not moved:
+                break
+        for k in range(SHARED):
+            winners = {p.default_collection.get_document(f"shared-{k}").rev_id for p in phones}
+            assert winners == {device.get_document(f"shared-{k}").rev_id}
+            assert not any(p.default_collection.is_conflicted(f"shared-{k}") for p in phones)
 
         # Checkpoints: nothing is sent again, either way, even with all phones at once.
         again = await asyncio.gather(

@@ -285,14 +285,19 @@ async def test_4x_edit_first_then_3x_conflicts_and_resolution_reaches_4x(
     # way Couchbase Lite 3.x does: a child of the remote branch, its own branch closed.
     pushed3 = await replicate(phone3, url, PUSH)
     assert [d for d, _ in pushed3.conflicts] == ["doc"]
-    await replicate(phone3, url, PULL)
+
+    class ThreeWins:  # the pull resolves the conflict with this (issue 11: it used to stay)
+        def resolve(self, conflict: Any) -> dict[str, Any]:
+            return {"v": "three wins"}
+
+    await Replicator(
+        ReplicatorConfiguration(
+            database=phone3, url=url, replicator_type=PULL, conflict_resolver=ThreeWins()
+        )
+    ).run()
     collection3 = phone3.default_collection
-    assert collection3.is_conflicted("doc")
-    remote = device.get_document("doc").rev_id
-    local = next(r for r in collection3.leaf_revisions("doc") if r != remote)
-    collection3.resolve_conflict(
-        "doc", winning_rev=remote, losing_rev=local, body={"v": "three wins"}
-    )
+    assert not collection3.is_conflicted("doc")
+    assert collection3.get_document("doc").body == {"v": "three wins"}
     pushed3 = await replicate(phone3, url, PUSH)
     assert pushed3.docs_pushed == 1 and not pushed3.conflicts, pushed3
     # The 4.x phone gets the resolution as an ordinary update, not a conflict.

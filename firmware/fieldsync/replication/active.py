@@ -16,14 +16,15 @@ import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from typing import Any, cast
 
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidHandshake, InvalidStatus
 from websockets.typing import Subprotocol
 
+from fieldsync import safejson
 from fieldsync.blip import BLIPSession, IncomingRequest
-from fieldsync.replication import checkpoints, decisions, messages
+from fieldsync.replication import checkpoints, conflicts, decisions, messages
 from fieldsync.replication.checkpoints import CHECKPOINT_SAVE_INTERVAL, CollectionCheckpoint
 from fieldsync.replication.deltas import make_delta_encoder
 from fieldsync.replication.errors import ReplicationError
@@ -69,6 +70,8 @@ class ReplicatorConfiguration:
     ssl_context: ssl.SSLContext | None = None  # for wss:// (pinning, self-signed, client cert)
     enable_delta_sync: bool = True
     headers: dict[str, str] = field(default_factory=dict)
+    #: Resolves pulled conflicts (Couchbase Lite's default rule when None).
+    conflict_resolver: conflicts.ConflictResolver | None = None
 
     @property
     def push(self) -> bool:
@@ -122,6 +125,9 @@ class Replicator:
         self._states: list[_CollectionState] = []
         self._by_index: dict[int | None, _CollectionState] = {}
         self._conflicts: list[tuple[str, str]] = []
+        self._resolver = config.conflict_resolver or conflicts.DefaultConflictResolver()
+        #: Pulled conflicts resolved (document IDs).
+        self.resolved_conflicts: list[str] = []
 
     def stop(self) -> None:
         """Ask a running replication (typically a continuous one) to finish."""
@@ -293,8 +299,14 @@ class Replicator:
 
         async def rev(request: IncomingRequest, _target: object, index: int | None) -> None:
             state = state_of(request, index)
-            if state is not None:
-                await puller.handle_rev(request, state.collection, state.index)
+            if state is None:
+                return
+            doc_id = request.properties.get("id", "")
+            remote_rev = request.properties.get("rev", "")
+            before = _current_revision(state.collection, doc_id)
+            await puller.handle_rev(request, state.collection, state.index)
+            if before is not None and before.rev_id != remote_rev:
+                self._resolve_if_conflicted(state.collection, doc_id, before, remote_rev)
 
         def norev(request: IncomingRequest, _target: object, index: int | None) -> None:
             if state_of(request, index) is not None:
@@ -328,6 +340,32 @@ class Replicator:
         state = self._by_index.get(index)
         if state is not None:
             state.checkpoint.remote_revs[doc_id] = rev_id
+
+    def _resolve_if_conflicted(
+        self,
+        collection: ReplicatedCollection,
+        doc_id: str,
+        before: conflicts.ConflictingRevision,
+        remote_rev: str,
+    ) -> None:
+        """A pulled revision that does not descend from the local one is a conflict: resolve
+        it now, as Couchbase Lite's replicator does."""
+        store = cast(conflicts.ResolvableCollection, collection)
+        try:
+            history = store.rev_history(doc_id, remote_rev)
+            if not history or before.rev_id in history:
+                return  # not stored, or a plain update
+            remote = _revision(collection, doc_id, remote_rev)
+            if remote is None:
+                return
+            conflict = conflicts.Conflict(doc_id, before, remote)
+            outcome = conflicts.decide(conflict, self._resolver.resolve(conflict))
+            conflicts.apply(store, conflict, outcome)
+        except Exception as exc:  # a resolver's bug leaves the conflict, never the sync
+            self.stats.record_error(f"resolving the conflict on '{doc_id}' failed: {exc}")
+            log.warning("resolving the conflict on %r failed: %r", doc_id, exc)
+            return
+        self.resolved_conflicts.append(doc_id)
 
     def _pull_caught_up(self, index: int | None) -> None:
         state = self._by_index.get(index)
@@ -437,3 +475,21 @@ class Replicator:
     async def _save_checkpoints(self, blip: BLIPSession) -> None:
         for state in self._states:
             await state.checkpoint.save(blip, self.config.database, state.index)
+
+
+def _revision(
+    collection: ReplicatedCollection, doc_id: str, rev_id: str | None
+) -> conflicts.ConflictingRevision | None:
+    """A revision (the current one for ``rev_id`` None) as one side of a conflict."""
+    revision = collection.get_revision(doc_id, rev_id)
+    if revision is None:
+        return None
+    decoded = safejson.loads(revision.body) if revision.body else {}
+    body = decoded if isinstance(decoded, dict) else {}
+    return conflicts.ConflictingRevision(doc_id, revision.rev_id, revision.deleted, body)
+
+
+def _current_revision(
+    collection: ReplicatedCollection, doc_id: str
+) -> conflicts.ConflictingRevision | None:
+    return _revision(collection, doc_id, None) if doc_id else None
