@@ -335,6 +335,7 @@ class Puller:
                 deleted=named.deleted,
                 body=body,
                 peer=self._peer.value,
+                no_conflicts=named.no_conflicts,
             )
         else:
             revision = dataclasses.replace(named, body=body, from_vv_peer=self._wire.uses_versions)
