@@ -34,6 +34,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import zlib
 from dataclasses import asdict, dataclass, field
@@ -83,6 +84,21 @@ class FrameMaker:
             data = packed[:-4]
             flags |= COMPRESSED
         return encode_header(number, flags) + data + self.crc.to_bytes(4, "big")
+
+    def bomb(self, number: int, flags: int) -> bytes:
+        """A frame of ~15 KB that inflates to 15 MB of zeros."""
+        self.crc = zlib.crc32(_BOMB_DATA, self.crc)
+        header = encode_header(number, flags | COMPRESSED)
+        return header + _BOMB + self.crc.to_bytes(4, "big")
+
+
+_BOMB_SIZE = 15 << 20
+_BOMB_DATA = bytes(_BOMB_SIZE)
+# A fresh raw-deflate stream, sync-flushed, continues any receiver's stream (no back-references
+# before it): compress the bomb once.
+_z = zlib.compressobj(9, zlib.DEFLATED, -15, 9)
+_BOMB = (_z.compress(_BOMB_DATA) + _z.flush(zlib.Z_SYNC_FLUSH))[:-4]
+del _z
 
 
 def json_body(rng: random.Random) -> bytes:
@@ -189,7 +205,7 @@ def frame_sequence(rng: random.Random) -> list[bytes]:
     if shape == 0:  # a deflate bomb, possibly with a wrong CRC
         frames = [maker.frame(1, MORE_COMING, encode_uvarint(14) + b"Profile\0rev\0\0"[:14])]
         for _ in range(rng.randrange(1, 6)):
-            frames.append(maker.frame(1, MORE_COMING, b"\0" * (15 << 20), compress=True))
+            frames.append(maker.bomb(1, MORE_COMING))
         if rng.random() < 0.5:
             frames[-1] = frames[-1][:-4] + b"\0\0\0\0"
         return frames
@@ -333,7 +349,7 @@ async def run_case(port: int, rng: random.Random, report: Report) -> None:
         await run_frame_case(port, frame_sequence(rng), report)
 
 
-async def keep_syncing(port: int, report: Report, stop: asyncio.Event) -> None:
+async def keep_syncing(port: int, report: Report, stop: threading.Event) -> None:
     """One well-behaved client doing small replication rounds; records its slowest round."""
     ws = await connect(
         f"ws://127.0.0.1:{port}/db/_blipsync",
@@ -401,8 +417,13 @@ async def fuzz(
     if pid is not None:
         report.rss_start_kb = report.rss_peak_kb = read_rss_kb(pid)
         cpu0 = read_cpu_seconds(pid)
-    stop = asyncio.Event()
-    witness = asyncio.create_task(keep_syncing(port, report, stop))
+    # The witness runs on its own thread and loop, so the fuzz client's own work (building
+    # bombs) does not count as the listener's stalls.
+    stop = threading.Event()
+    witness = threading.Thread(
+        target=lambda: asyncio.run(keep_syncing(port, report, stop)), name="witness"
+    )
+    witness.start()
     started = time.monotonic()
     queue = iter(range(cases))
 
@@ -430,7 +451,7 @@ async def fuzz(
     sampler = asyncio.create_task(sample())
     await asyncio.gather(*(worker(i) for i in range(concurrency)))
     stop.set()
-    await witness
+    await asyncio.get_running_loop().run_in_executor(None, witness.join)
     sampler.cancel()
     report.wall_seconds = time.monotonic() - started
     if pid is not None:
@@ -442,13 +463,19 @@ async def fuzz(
 
 # The listener under test, in its own process (so /proc shows its RSS and CPU alone).
 _LISTENER = """
-import asyncio, logging, sys
+import asyncio, logging, os, sys
 from fieldsync.listener import URLEndpointListener, URLEndpointListenerConfiguration
 from fieldsync.store import Database
 
 logging.basicConfig(level=logging.WARNING)
 
+async def orphan_watch():
+    while os.getppid() != 1:  # exit with the driver
+        await asyncio.sleep(1)
+    os._exit(0)
+
 async def main():
+    asyncio.get_running_loop().create_task(orphan_watch())
     db = Database.open(sys.argv[1])
     config = URLEndpointListenerConfiguration(
         database=db, port=int(sys.argv[2]), disable_tls=True, network_interface="127.0.0.1"
