@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Protocol
+
+
+class ByteCounter(Protocol):
+    """Counts a connection's bytes each way (``BLIPProtocol`` does)."""
+
+    bytes_sent: int
+    bytes_received: int
 
 
 @dataclass
@@ -21,16 +28,16 @@ class ReplicationStats:
     pulling: bool = False
     in_flight: int = 0
     last_error: str = ""
-    #: Where byte counts come from (the BLIP protocol object, with bytes_sent/bytes_received).
-    byte_counter: Any = field(default=None, repr=False)
+    #: Where byte counts come from (the connection's BLIP protocol object).
+    byte_counter: ByteCounter | None = field(default=None, repr=False)
 
     @property
     def bytes_in(self) -> int:
-        return getattr(self.byte_counter, "bytes_received", 0)
+        return self.byte_counter.bytes_received if self.byte_counter is not None else 0
 
     @property
     def bytes_out(self) -> int:
-        return getattr(self.byte_counter, "bytes_sent", 0)
+        return self.byte_counter.bytes_sent if self.byte_counter is not None else 0
 
     @property
     def busy(self) -> bool:
