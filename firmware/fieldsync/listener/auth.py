@@ -127,20 +127,12 @@ class ListenerPasswordAuthenticator:
 
     def authenticate(self, username: str, password: str) -> AuthResult:
         """Run the callback; never raises."""
-        try:
-            verdict = self._callback(username, password)
-        except Exception:
-            log.exception("password authenticator callback failed for user %r", username)
-            return AuthResult.denied("authenticator error", username)
-        if not isinstance(verdict, bool):
-            log.error(
-                "password authenticator callback returned %s, not a bool; refusing",
-                type(verdict).__name__,
-            )
-            return AuthResult.denied("authenticator error", username)
-        if verdict:
-            return AuthResult.allowed(username)
-        return AuthResult.denied("incorrect user name or password", username)
+        return AuthResult.from_callback(
+            lambda: self._callback(username, password),
+            username,
+            kind="password",
+            refusal="incorrect user name or password",
+        )
 
     def validate(self, disable_tls: bool) -> None:
         """Nothing to check (Basic auth works without TLS, though in clear text)."""

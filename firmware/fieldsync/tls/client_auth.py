@@ -48,6 +48,26 @@ class AuthResult:
     def denied(cls, reason: str, username: str | None = None) -> AuthResult:
         return cls(False, username, reason)
 
+    @classmethod
+    def from_callback(
+        cls, decide: Callable[[], object], username: str | None, *, kind: str, refusal: str
+    ) -> AuthResult:
+        """The verdict of an application callback (``kind`` authenticator): True lets the
+        client in; False, anything not a bool, or an exception (logged) refuses it."""
+        try:
+            verdict = decide()
+        except Exception:
+            log.exception("%s authenticator callback failed for %r", kind, username)
+            return cls.denied("authenticator error", username)
+        if not isinstance(verdict, bool):
+            log.error(
+                "%s authenticator callback returned %s, not a bool; refusing",
+                kind,
+                type(verdict).__name__,
+            )
+            return cls.denied("authenticator error", username)
+        return cls.allowed(username) if verdict else cls.denied(refusal, username)
+
 
 CertificateCallback = Callable[[list[x509.Certificate]], bool]
 
@@ -122,20 +142,13 @@ class ListenerCertificateAuthenticator:
         leaf = chain[0]
         username = _common_name(leaf)
         if self._callback is not None:
-            try:
-                verdict = self._callback(list(chain))
-            except Exception:
-                log.exception("certificate authenticator callback failed for %s", username)
-                return AuthResult.denied("authenticator error", username)
-            if not isinstance(verdict, bool):
-                log.error(
-                    "certificate authenticator callback returned %s, not a bool; refusing",
-                    type(verdict).__name__,
-                )
-                return AuthResult.denied("authenticator error", username)
-            if verdict:
-                return AuthResult.allowed(username)
-            return AuthResult.denied("client certificate rejected", username)
+            callback = self._callback
+            return AuthResult.from_callback(
+                lambda: callback(list(chain)),
+                username,
+                kind="certificate",
+                refusal="client certificate rejected",
+            )
 
         moment = now or dt.datetime.now(dt.UTC)
         if leaf.public_bytes(serialization.Encoding.DER) in self._root_ders:
