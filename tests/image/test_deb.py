@@ -67,6 +67,13 @@ ip addr add 192.0.2.10/24 dev wlan0
 ip link set wlan0 up
 wait_state serving 60
 status_json serving
+# advertised over mDNS on it (the advertiser probes first: a few seconds)
+for _ in $(seq 30); do
+    fieldsync status --json 2>/dev/null | /opt/fieldsync/bin/python3 -c '
+import json, sys; sys.exit(0 if json.load(sys.stdin)["mdns"]["addresses"] else 1)' && break
+    sleep 1
+done
+status_json advertised
 systemctl show -p ActiveState,SubState,StatusText,User fieldsync-agent >/ci/serving.show
 fieldsync status --qr >/ci/qr.out 2>&1; echo $? >/ci/qr.rc
 stat -c '%U %G %a' /var/lib/fieldsync/keys /var/lib/fieldsync/keys/fieldsync.pem >/ci/keys.stat
@@ -208,6 +215,12 @@ def test_install_waits_for_the_interface_then_serves(session):
     assert any(url.startswith("wss://192.0.2.10:4984/") for url in serving["urls"]), serving
     show = read(session, "serving.show")
     assert "ActiveState=active" in show and "User=fieldsync" in show
+
+
+def test_advertised_over_mdns(session):
+    mdns = json.loads(read(session, "advertised.json"))["mdns"]
+    assert mdns["type"] == "_fieldsync._tcp" and mdns["name"] == "fieldsync-ci"
+    assert "192.0.2.10" in mdns["addresses"], mdns
 
 
 def test_keystore_fallback_directory(session):
