@@ -24,6 +24,7 @@ from typing import Any, Protocol
 from fieldsync.replication.decisions import AnnouncedChange
 from fieldsync.replication.messages import (
     DEFAULT_MAX_HISTORY,
+    SUBPROTOCOL_V3,
     SUBPROTOCOL_V4,
     format_history,
     is_true,
@@ -78,7 +79,7 @@ class WireFormat(enum.Enum):
         known = {f.value for f in WireFormat}
         if requested not in known:
             return f"Incompatible document versioning: unknown versioning {requested!r}"
-        protocol = "BLIP_3+CBMobile_4" if self.uses_versions else "BLIP_3+CBMobile_3"
+        protocol = SUBPROTOCOL_V4 if self.uses_versions else SUBPROTOCOL_V3
         return (
             f"Incompatible document versioning: this session speaks {protocol} ({self.value}) "
             f"but subChanges asks for {requested!r}"
