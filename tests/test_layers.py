@@ -195,3 +195,53 @@ def _cycles(graph: dict[str, set[str]]) -> list[set[str]]:
 def test_the_rule_itself(source: str, target: str, ok: bool) -> None:
     origin = part_of(source)
     assert (part_of(target) in ALLOWED[origin] | BASE | {origin}) is ok
+
+
+#: Facts with one home: a string constant holding the literal (docstrings aside) may appear
+#: in that module only; elsewhere, import the name.
+ONE_HOME = {
+    "BLIP_3+CBMobile": "replication/messages.py",  # subprotocol names
+    "_fieldsync._tcp": "agent/advertiser.py",  # the DNS-SD service type
+    "/var/lib/fieldsync/keys": "tls/keystore.py",  # the device keystore
+    "scrypt$": "listener/passwords.py",  # the password hash format
+}
+#: Names assigned at module level in exactly one module.
+ONE_DEFINITION = {
+    "SO_BINDTODEVICE": "listener/sockets.py",
+    "DEFAULT_PORT": "listener/config.py",
+}
+
+
+def _string_constants(tree: ast.AST) -> Iterator[str]:
+    docstrings = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+            body = node.body
+            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+                docstrings.add(id(body[0].value))
+    for node in ast.walk(tree):
+        is_text = isinstance(node, ast.Constant) and isinstance(node.value, str)
+        if is_text and id(node) not in docstrings:
+            yield node.value
+
+
+@pytest.mark.parametrize(("literal", "home"), sorted(ONE_HOME.items()))
+def test_shared_facts_have_one_home(literal: str, home: str) -> None:
+    found = sorted(
+        str(path.relative_to(PACKAGE_ROOT))
+        for path in sources()
+        if any(literal in text for text in _string_constants(ast.parse(path.read_text())))
+    )
+    assert found == [home], f"{literal!r} should live only in {home}: {found}"
+
+
+@pytest.mark.parametrize(("name", "home"), sorted(ONE_DEFINITION.items()))
+def test_shared_names_are_defined_once(name: str, home: str) -> None:
+    found = sorted(
+        str(path.relative_to(PACKAGE_ROOT))
+        for path in sources()
+        for node in ast.parse(path.read_text()).body
+        if isinstance(node, ast.Assign)
+        and any(isinstance(t, ast.Name) and t.id == name for t in node.targets)
+    )
+    assert found == [home], f"{name} should be defined only in {home}: {found}"

@@ -19,14 +19,13 @@ from typing import Any
 
 from fieldsync.agent.advertiser import DEFAULT_SERVICE_TYPE
 from fieldsync.errors import FieldsyncError
-from fieldsync.listener.config import DEFAULT_PORT as LISTENER_DEFAULT_PORT
+from fieldsync.listener.config import DEFAULT_PORT
 from fieldsync.listener.passwords import describe_password_hash_problem
 from fieldsync.store.names import is_valid_collection_name
 from fieldsync.tls.identity import DEFAULT_SERVER_ALIAS
 from fieldsync.tls.keystore import DEVICE_KEYSTORE, validate_alias
 
 DEFAULT_CONFIG_PATH = Path("/etc/fieldsync/fieldsync.toml")
-DEFAULT_PORT = LISTENER_DEFAULT_PORT
 DEFAULT_CONTROL_SOCKET = Path("/run/fieldsync/control.sock")
 DEFAULT_KEYSTORE = DEVICE_KEYSTORE
 DEFAULT_IDENTITY_ALIAS = DEFAULT_SERVER_ALIAS
@@ -413,7 +412,7 @@ class _Parser:
         if not _SERVICE_TYPE.match(service_type):
             raise ConfigError(
                 "mdns.service_type",
-                f'{service_type!r} is not a DNS-SD service type like "_fieldsync._tcp" '
+                f"{service_type!r} is not a DNS-SD service type like {DEFAULT_SERVICE_TYPE!r} "
                 "(underscore, 1-15 letters/digits/hyphens, then ._tcp or ._udp)",
             )
         instance = _string(table, "instance_name", prefix, default="") or default_instance_name()
