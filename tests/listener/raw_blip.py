@@ -3,7 +3,7 @@
 ``RawClient(listener, protocols, database)`` connects to ``/<database>/_blipsync`` offering
 ``protocols`` and yields a ``BLIPSession``: send any request, register handlers for the
 listener's requests. Used by tests/listener (malformed input, modes) and tests/replication
-(CBMobile_4 phones). Import it after putting this folder on ``sys.path`` (the conftests do).
+(CBMobile_4 phones): ``from tests.listener.raw_blip import RawClient``.
 """
 
 from __future__ import annotations
