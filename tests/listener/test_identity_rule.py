@@ -387,3 +387,16 @@ def test_status_shows_a_replaced_identity(tmp_path: Path, site: tuple[Path, Path
         assert "REPLACED" in json.loads(as_json)["tls"]["replaced"]
     finally:
         agent.finish()
+
+
+def test_identity_command_refuses_an_unsafe_keystore_in_one_line(site: tuple[Path, Path]):
+    _db, keys = site
+    keys.chmod(0o755)
+    result = subprocess.run(
+        [sys.executable, "-m", "fieldsync", "identity", "list", "--keystore", str(keys)],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert result.returncode == 1
+    assert_one_line(result.stderr, "fieldsync identity list", "0755")
