@@ -93,7 +93,23 @@ class PushMode(Protocol):
         ...
 
 
-class ChangesMode:
+class RevTreeSpelling:
+    """Revisions named and sent as rev-tree revIDs with their history (CBMobile_2/3)."""
+
+    def name(self, change: Change) -> str:
+        return change.rev_id
+
+    def spell_rev(
+        self,
+        collection: ReplicatedCollection,
+        revision: Revision,
+        known: list[str],
+        max_history: int,
+    ) -> SpelledRev:
+        return spell_rev_tree(collection, revision, known, max_history)
+
+
+class ChangesMode(RevTreeSpelling):
     """The passive side: feed a peer that pulls (``subChanges``) with ``changes`` lists."""
 
     profile = CHANGES
@@ -118,23 +134,11 @@ class ChangesMode:
     def rev_properties(self) -> dict[str, str]:
         return {}
 
-    def name(self, change: Change) -> str:
-        return change.rev_id
-
-    def spell_rev(
-        self,
-        collection: ReplicatedCollection,
-        revision: Revision,
-        known: list[str],
-        max_history: int,
-    ) -> SpelledRev:
-        return spell_rev_tree(collection, revision, known, max_history)
-
     def revision_sent(self, doc_id: str, rev_id: str) -> None:
         return None
 
 
-class ProposeMode:
+class ProposeMode(RevTreeSpelling):
     """The active side: offer revisions with ``proposeChanges`` against the revision the peer is
     known to have (``remote_revs``: docID -> the peer's revID, updated as revisions go out)."""
 
@@ -171,18 +175,6 @@ class ProposeMode:
 
     def rev_properties(self) -> dict[str, str]:
         return {"noconflicts": "true"}
-
-    def name(self, change: Change) -> str:
-        return change.rev_id
-
-    def spell_rev(
-        self,
-        collection: ReplicatedCollection,
-        revision: Revision,
-        known: list[str],
-        max_history: int,
-    ) -> SpelledRev:
-        return spell_rev_tree(collection, revision, known, max_history)
 
     def revision_sent(self, doc_id: str, rev_id: str) -> None:
         self.remote_revs[doc_id] = rev_id
