@@ -455,7 +455,14 @@ async def fuzz(
     sampler.cancel()
     report.wall_seconds = time.monotonic() - started
     if pid is not None:
-        await asyncio.sleep(1.0)  # let closed connections go
+        # The listener may still be working through what the cases sent: wait until its CPU
+        # is idle (at most a minute), then read what it holds.
+        for _ in range(120):
+            before = read_cpu_seconds(pid)
+            await asyncio.sleep(0.5)
+            if read_cpu_seconds(pid) - before < 0.02:
+                break
+        await asyncio.sleep(1.5)  # closed sessions give memory back within a second
         report.rss_end_kb = read_rss_kb(pid)
         report.cpu_seconds = read_cpu_seconds(pid) - cpu0
     return report

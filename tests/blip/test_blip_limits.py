@@ -105,3 +105,35 @@ def test_released_protocol_holds_nothing() -> None:
     assert protocol.pending_reply_bytes == 0 and not protocol.has_pending_output
     with pytest.raises(BLIPProtocolError):
         protocol.receive_frame(peer.plain(3, MSG, start("getCheckpoint")))
+
+
+def test_inflating_off_the_loop_gives_the_same_messages() -> None:
+    """What the session does for big compressed frames (inflate in a worker thread, then hand
+    the pieces over) yields exactly what receiving the frame directly does."""
+    body = b"field notes, again and again " * 20_000
+    frames = []
+    peer = Peer()
+    frames.append(peer.deflated(1, MSG | MORE_COMING, start() + body[:300_000]))
+    frames.append(peer.deflated(1, MSG, body[300_000:]))
+    direct, split = BLIPProtocol(), BLIPProtocol()
+    got_direct = [e for f in frames for e in direct.receive_frame(f)]
+    got_split = []
+    for frame in frames:
+        limit = split.inflate_limit(frame)
+        assert limit is not None and limit <= split.limits.max_message_size
+        pieces = split.inflate_frame(frame, limit)
+        got_split += split.receive_frame(frame, inflated=pieces)
+    assert [e.message.body for e in got_split] == [e.message.body for e in got_direct]
+    assert got_split[0].message.body == body
+
+
+def test_off_loop_inflation_stops_at_the_budget() -> None:
+    peer = Peer()
+    protocol = limited(max_message_size=1 * MiB)
+    bomb = peer.deflated(1, MSG, start() + b"\0" * (8 * MiB))
+    limit = protocol.inflate_limit(bomb)
+    assert limit == 1 * MiB
+    with pytest.raises(BLIPProtocolError) as refused:
+        protocol.inflate_frame(bomb, limit)
+    assert refused.value.close_code == 1009
+    assert protocol.inflate_limit(peer.plain(2, MSG, start())) is None  # not compressed

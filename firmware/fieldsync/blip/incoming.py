@@ -59,13 +59,20 @@ class MessageAssembler:
         return f"{self.type.name} #{self.number}"
 
     def add_frame(
-        self, payload: memoryview, flags: int, codec: Inflater, limit: int | None = None
+        self,
+        payload: memoryview,
+        flags: int,
+        codec: Inflater,
+        limit: int | None = None,
+        inflated: list[bytes] | None = None,
     ) -> bool:
         """Add one frame's payload (everything after the header); return True if it was the last.
 
         Verifies the frame's checksum against ``codec``'s running CRC32. ``limit`` bounds
         :attr:`size`: it is checked on each inflated chunk, so a deflate bomb is refused
         (:class:`BLIPLimitExceeded`) after at most ``limit`` bytes of output, never inflated whole.
+        ``inflated``: the frame's data already inflated by ``codec.inflate_bounded`` (off the
+        event loop); its CRC is already counted.
         """
         self.raw_bytes_received += len(payload)
         self.unacked_bytes += len(payload)
@@ -75,7 +82,7 @@ class MessageAssembler:
             )
         data = payload[:-CHECKSUM_SIZE]
         if flags & COMPRESSED:
-            for piece in codec.inflate(data):
+            for piece in codec.inflate(data) if inflated is None else inflated:
                 self._add(memoryview(piece), limit)
         else:
             codec.add_uncompressed(data)

@@ -16,6 +16,7 @@ from .errors import BLIPLimitExceeded, BLIPProtocolError
 from .events import Event, RequestReceived, ResponseReceived
 from .frame import (
     BIG_FRAME_SIZE,
+    CHECKSUM_SIZE,
     COMPRESSED,
     DEFAULT_FRAME_SIZE,
     NO_REPLY,
@@ -64,6 +65,8 @@ class BLIPProtocol:
         self._failure: str | None = None  # a message only: an exception would hold a frame cycle
         # Uncompressed bytes held by incoming messages still being received.
         self._incoming_bytes = 0
+        #: Most uncompressed bytes incoming messages in progress ever held at once.
+        self.peak_incoming_bytes = 0
         #: ACK frames received (a peer that stops ACKing leaves this unchanged).
         self.acks_received = 0
         self.bytes_received = 0
@@ -223,20 +226,48 @@ class BLIPProtocol:
 
     # ------------------------------------------------------------------ input
 
-    def receive_frame(self, data: Buffer) -> list[Event]:
+    def receive_frame(self, data: Buffer, *, inflated: list[bytes] | None = None) -> list[Event]:
         """Process one received frame; return the messages it completed.
 
-        Raises :class:`BLIPProtocolError` on any malformed or unexpected frame.
+        ``inflated``: for a compressed frame, its data as :meth:`inflate_frame` returned it
+        (so the CPU-heavy part can run elsewhere). Raises :class:`BLIPProtocolError` on any
+        malformed or unexpected frame.
         """
         if self._failure is not None:
             raise BLIPProtocolError(f"connection already failed: {self._failure}")
         try:
-            return self._receive(memoryview(data).cast("B"))
+            return self._receive(memoryview(data).cast("B"), inflated)
         except BLIPProtocolError as exc:
             self._failure = str(exc)
             raise
 
-    def _receive(self, frame: memoryview) -> list[Event]:
+    def inflate_limit(self, data: Buffer) -> int | None:
+        """For a compressed message frame: how many bytes its data may inflate to (what is left
+        of the incoming budget); ``None`` for any other frame. Pure, no state changes."""
+        try:
+            header = decode_header(data)
+        except BLIPProtocolError:
+            return None
+        if not header.compressed or header.type.is_ack:
+            return None
+        if header.type == MessageType.MSG:
+            assembler = self._incoming_requests.get(header.number)
+        else:
+            assembler = self._awaiting_replies.get(header.number)
+        size = assembler.size if assembler is not None else 0
+        return self.limits.max_message_size - (self._incoming_bytes - size) - size
+
+    def inflate_frame(self, data: Buffer, limit: int) -> list[bytes]:
+        """Inflate a compressed frame's data (header and CRC trailer skipped), at most
+        ``limit`` bytes. Touches only the incoming codec: it may run in a worker thread while
+        nothing else receives on this connection."""
+        view = memoryview(data).cast("B")
+        header = decode_header(view)
+        if len(view) - header.size < CHECKSUM_SIZE:
+            raise BLIPProtocolError("truncated compressed frame: too short for a checksum")
+        return self._inflater.inflate_bounded(view[header.size : -CHECKSUM_SIZE], limit)
+
+    def _receive(self, frame: memoryview, inflated: list[bytes] | None = None) -> list[Event]:
         self.bytes_received += len(frame)
         header = decode_header(frame)
         payload = frame[header.size :]
@@ -253,9 +284,11 @@ class BLIPProtocol:
         # multiply the single-message limit.
         limit = self.limits.max_message_size - (self._incoming_bytes - before)
         try:
-            complete = assembler.add_frame(payload, header.flags, self._inflater, limit)
+            complete = assembler.add_frame(payload, header.flags, self._inflater, limit, inflated)
         finally:
             self._incoming_bytes += assembler.size - before
+            if self._incoming_bytes > self.peak_incoming_bytes:
+                self.peak_incoming_bytes = self._incoming_bytes
         if assembler.unacked_bytes >= ACK_INTERVAL:
             received = assembler.raw_bytes_received
             self._outbox.push(OutgoingMessage.ack(assembler.type, assembler.number, received))
