@@ -10,8 +10,9 @@ corners, and each is sent to ``json`` so that results never change:
   19+ digits is parsed by ``json``;
 - orjson refuses what ``json`` accepts (NaN/Infinity, lone surrogates, nesting past 1,024):
   anything orjson refuses is parsed again by ``json``, which accepts it or raises its own error;
-- orjson writes NaN/Infinity as ``null`` and exponents as ``1e16`` (``json``: ``1e+16``):
-  output with ``null`` or an exponent-like digit run is encoded again by ``json``.
+- orjson writes NaN/Infinity as ``null`` and spells some floats differently (``0.00001``,
+  ``1e16``; ``json``: ``1e-05``, ``1e+16``): output with ``null`` or anything that looks like a
+  float (a digit followed by ``.`` or ``e``) is encoded again by ``json``.
 """
 
 from __future__ import annotations
@@ -24,14 +25,16 @@ import orjson
 __all__ = ["dumps", "dumps_canonical", "loads"]
 
 # Guards, at C speed (a regex scan cost more than json.loads itself): the input or output with
-# every digit mapped to "0", "e"/"E" to "e" and every other byte to " ".
+# every digit mapped to "0", "e"/"E" to "e", "." kept, and every other byte to " ".
 _SHAPE = bytearray(b" " * 256)
 for _digit in b"0123456789":
     _SHAPE[_digit] = ord("0")
 _SHAPE[ord("e")] = _SHAPE[ord("E")] = ord("e")
+_SHAPE[ord(".")] = ord(".")
 _SHAPES = bytes(_SHAPE)
 _LONG_INTEGER = b"0" * 19
 _EXPONENT = b"0e"
+_FRACTION = b"0."
 # Types orjson would encode and ``json`` refuses (datetime, dataclasses, subclasses) go to
 # ``json``, which raises TypeError as before.
 _OPTIONS = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
@@ -80,5 +83,8 @@ def dumps_canonical(value: Any) -> bytes:
 
 
 def _special(out: bytes) -> bool:
-    """Whether orjson's output may differ from json's: ``null`` (maybe a NaN) or an exponent."""
-    return b"null" in out or _EXPONENT in out.translate(_SHAPES)
+    """Whether orjson's output may differ from json's: ``null`` (maybe a NaN) or a float."""
+    if b"null" in out:
+        return True
+    shape = out.translate(_SHAPES)
+    return _FRACTION in shape or _EXPONENT in shape

@@ -28,9 +28,9 @@ class _CountingDatabase:
     def __getattr__(self, name: str) -> object:
         return getattr(self._db, name)
 
-    def poll_changes(self) -> bool:
+    def poll_changes(self, *, wait: bool = True) -> bool:
         self.polls += 1
-        return self._db.poll_changes()
+        return self._db.poll_changes(wait=wait)
 
 
 async def test_idle_database_is_not_polled_and_a_foreign_commit_wakes_the_feed(tmp_path) -> None:

@@ -32,7 +32,7 @@ def _canonical(value: Any) -> bytes:
     ).encode("utf-8")
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=1000, deadline=None)
 @given(_values)
 def test_same_results_as_json(value: Any) -> None:
     try:
@@ -84,3 +84,11 @@ def test_errors_are_json_errors() -> None:
     for bad in (b"", b"{", b"[1,]", b"\xff"):
         with pytest.raises(ValueError):
             fastjson.loads(bad)
+
+
+@pytest.mark.parametrize(
+    "value", [1e-05, 1e-07, 1e16, 1e21, 1e22, 123456789.123, -0.0, 5e-324, 1.7976931348623157e308]
+)
+def test_floats_spelled_as_json_spells_them(value: float) -> None:
+    assert fastjson.dumps([value]) == json.dumps([value], separators=(",", ":")).encode()
+    assert fastjson.dumps_canonical({"f": value}) == _canonical({"f": value})

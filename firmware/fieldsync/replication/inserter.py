@@ -8,8 +8,10 @@ Threading rule (issue 13): the transactions run on ONE store-writer thread per p
 (:data:`WRITER`), in submission order, never on the event loop: a commit's fsync, or a wait of
 seconds for another process's write lock, leaves every session's loop free (ACKs, pings,
 reads through the engine's reader connection). While a batch commits, the next one grows
-(up to :data:`MAX_BATCH`), so a busy peer gets fewer, larger transactions. Results are handed
-back to the loop; nothing else crosses the seam.
+(up to :data:`MAX_BATCH`), so a busy peer gets fewer, larger transactions; and the batches of
+all sessions queued while the thread was busy commit together, in ONE transaction per
+database (one fsync for five phones). Results are handed back to each batch's loop only after
+that commit; nothing else crosses the seam.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
@@ -42,6 +45,11 @@ _Group = tuple[
     Callable[[Sequence[Incoming]], list[InsertResult]],
 ]
 _Outcome = tuple[list[InsertResult] | None, BaseException | None]
+# Batches waiting for the writer thread: (groups, loop, future of their outcomes).
+_Entry = tuple[list[_Group], asyncio.AbstractEventLoop, "asyncio.Future[list[_Outcome]]"]
+_queue: list[_Entry] = []
+_queue_lock = threading.Lock()
+_drain_scheduled = False
 
 
 class Inserter:
@@ -96,7 +104,7 @@ class Inserter:
                 group = groups[(id(collection), versioned)] = (collection, [], insert)
             group[1].append((revision, future))
         batch = list(groups.values())
-        committing = asyncio.get_running_loop().run_in_executor(WRITER, _commit_all, batch)
+        committing = _submit(batch)
         self._committing = committing
         committing.add_done_callback(lambda done: self._committed(batch, done))
 
@@ -136,6 +144,56 @@ class Inserter:
                 await asyncio.shield(self._committing)
             await asyncio.sleep(0)  # let _committed run and flush what followed
             self.flush()
+
+
+def _submit(batch: list[_Group]) -> asyncio.Future[list[_Outcome]]:
+    """Queue a batch for the writer thread; the future resolves (on this loop) after the
+    transaction holding it committed."""
+    global _drain_scheduled
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[list[_Outcome]] = loop.create_future()
+    with _queue_lock:
+        _queue.append((batch, loop, future))
+        schedule = not _drain_scheduled
+        _drain_scheduled = True
+    if schedule:
+        WRITER.submit(_drain)
+    return future
+
+
+def _drain() -> None:
+    """On the writer thread: commit every queued batch, one transaction per database."""
+    global _drain_scheduled
+    with _queue_lock:
+        work = list(_queue)
+        _queue.clear()
+        _drain_scheduled = False
+    by_database: dict[int, list[_Entry]] = {}
+    for entry in work:
+        database = getattr(entry[0][0][0], "database", None) if entry[0] else None
+        by_database.setdefault(id(database), []).append(entry)
+    for entries in by_database.values():
+        first = entries[0][0][0][0] if entries[0][0] else None
+        transaction = getattr(getattr(first, "database", None), "transaction", None)
+        results: list[list[_Outcome]] = []
+        try:
+            with transaction() if transaction is not None else contextlib.nullcontext():
+                for groups, _loop, _future in entries:
+                    outcomes = _commit_all(groups)
+                    failed = next((error for _r, error in outcomes if error is not None), None)
+                    if failed is not None:  # a storage error: none of this commit is durable
+                        raise failed
+                    results.append(outcomes)
+        except Exception as exc:
+            results = [[(None, exc)] * len(groups) for groups, _loop, _future in entries]
+        for (_groups, loop, future), outcomes in zip(entries, results, strict=True):
+            with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits
+                loop.call_soon_threadsafe(_resolve, future, outcomes)
+
+
+def _resolve(future: asyncio.Future[list[_Outcome]], outcomes: list[_Outcome]) -> None:
+    if not future.done():
+        future.set_result(outcomes)
 
 
 def _commit_all(batch: list[_Group]) -> list[_Outcome]:

@@ -135,8 +135,10 @@ class ChangeNotifier:
         self._rechecks = [loop.call_later(delay, self._poll_once) for delay in RECHECK_DELAYS]
 
     def _poll_once(self) -> None:
+        """Check for other processes' commits unless the store is busy in another thread (its
+        commit then writes the log again, which brings us back here)."""
         with contextlib.suppress(Exception):
-            self._database.poll_changes()
+            self._database.poll_changes(wait=False)
 
     def _on_change(self, collection: ReplicatedCollection, _sequence: int) -> None:
         loop = self._loop

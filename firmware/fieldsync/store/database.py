@@ -256,13 +256,17 @@ class Database:
         with self._lock, contextlib.suppress(ValueError):
             self._listeners.remove(token)  # type: ignore[arg-type]
 
-    def poll_changes(self) -> bool:
+    def poll_changes(self, *, wait: bool = True) -> bool:
         """Notice commits made by other connections or processes since the last call.
 
         Cheap when nothing changed (one ``PRAGMA data_version``). If something did, calls the
         listeners for every collection whose last sequence moved and returns ``True``.
+        ``wait=False``: return ``False`` at once if another thread is using the connection (a
+        write in progress; the event loop must not wait for it) — call again later.
         """
-        with self._lock:
+        if not self._lock.acquire(blocking=wait):
+            return False
+        try:
             if not self.engine.data_version_changed():
                 return False
             moved: dict[int, int] = {}
@@ -270,6 +274,8 @@ class Database:
                 if sequence != self._known_sequences.get(collection.id):
                     moved[collection.id] = sequence
                     self._known_sequences[collection.id] = sequence
+        finally:
+            self._lock.release()
         if not moved:
             return False
         self._notify(moved)
