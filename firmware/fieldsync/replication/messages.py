@@ -6,11 +6,10 @@ encodings (sequences, histories, booleans) both the passive and the active side 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from fieldsync import safejson
+from fieldsync import fastjson, safejson
 
 #: WebSocket subprotocols. CBMobile_2 is the 2.x name of CBMobile_3 (rev trees); CBMobile_4 is
 #: the version-vector protocol of Couchbase Lite 4.x (VV-NOTES.md).
@@ -89,7 +88,7 @@ def format_history(rev_ids: Iterable[str]) -> str:
 
 def encode_json(value: Any) -> bytes:
     """Compact JSON, as the protocol's message bodies use."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+    return fastjson.dumps(value)
 
 
 def collection_property(index: int | None) -> dict[str, str]:

@@ -321,7 +321,10 @@ class Puller:
             self._stats.record_error(f"bad body for {doc_id}")
             return
         try:
-            await self._fetch_missing_blobs(document, doc_id, index)
+            # A blob reference has a "digest" key (or hides it behind a JSON \u escape): most
+            # bodies have none, and walking every body was ~3 % of a push (perf, issue 13).
+            if b"digest" in body or b"\\u" in body:
+                await self._fetch_missing_blobs(document, doc_id, index)
         except BlobFetchError as exc:
             self._stats.record_error(str(exc))
             status = 403 if isinstance(exc, BlobProofError) else 502

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from fieldsync import safejson
+from fieldsync import fastjson, safejson
 from fieldsync.store.errors import InvalidInput
 
 #: Top-level keys that carry revision metadata in other representations; never part of a body.
@@ -57,7 +57,10 @@ def decode_incoming(data: bytes | bytearray | memoryview | str, *, deleted: bool
         parsed = safejson.loads(data)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidInput(f"document body is not valid JSON: {exc}") from None
-    return encode_body(parsed)
+    try:  # the same bytes canonical_json gives, faster (perf, issue 13)
+        return fastjson.dumps_canonical(clean_body(parsed))
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(f"document body is not valid JSON: {exc}") from None
 
 
 def decode_stored(data: bytes) -> dict[str, Any]:
