@@ -27,7 +27,7 @@ def test_txt_records() -> None:
         "proto": PROTOCOL,
         "port": "4984",
     }
-    assert PROTOCOL == "BLIP_3+CBMobile_3"
+    assert PROTOCOL == "BLIP_3+CBMobile_4,BLIP_3+CBMobile_3,BLIP_3+CBMobile_2"
     plain = build_txt(["inventory"], tls=False, fingerprint=FINGERPRINT, port=5000)
     assert plain["tls"] == "0" and "fp" not in plain
     with pytest.raises(ValueError, match="dbs"):

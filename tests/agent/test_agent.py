@@ -227,7 +227,7 @@ def test_agent_waits_for_wlan0_follows_it_and_stops_cleanly(
     assert added["txt"] == {
         "dbs": "inventory",
         "tls": "0",
-        "proto": "BLIP_3+CBMobile_3",
+        "proto": "BLIP_3+CBMobile_4,BLIP_3+CBMobile_3,BLIP_3+CBMobile_2",
         "port": "4984",
     }
     client = connect(netns, "10.213.0.1")

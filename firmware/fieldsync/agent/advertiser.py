@@ -17,12 +17,13 @@ from collections.abc import Mapping, Sequence
 from zeroconf import DNSAddress, DNSOutgoing, IPVersion
 from zeroconf.asyncio import AsyncServiceInfo, AsyncZeroconf
 
-from fieldsync.replication.messages import SUBPROTOCOL_V3
+from fieldsync.replication.messages import LISTENER_SUBPROTOCOLS
 
 log = logging.getLogger(__name__)
 
-#: The replication protocol named in the TXT record.
-PROTOCOL = SUBPROTOCOL_V3
+#: The replication subprotocols the listener accepts, preferred first, as named in the TXT record
+#: (a 4.x app looks for ``BLIP_3+CBMobile_4``, a 3.x app for ``BLIP_3+CBMobile_3``).
+PROTOCOL = ",".join(LISTENER_SUBPROTOCOLS)
 #: The DNS-SD service type fieldsync listeners are advertised under.
 DEFAULT_SERVICE_TYPE = "_fieldsync._tcp"
 _TXT_ENTRY_MAX = 255
