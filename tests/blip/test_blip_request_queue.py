@@ -1,0 +1,66 @@
+"""A LiteCore-sized window of open requests waits for handlers instead of being refused
+(LiteCore's pusher keeps up to 2 MiB of ``rev`` messages awaiting a reply: ~2,000 at 1 KB);
+only beyond the queue's bounds does a request get 503, and frames ready together still go out
+in order when written as one batch."""
+
+from __future__ import annotations
+
+import asyncio
+
+from tests.blip.test_blip_session import TIMEOUT, blip_pair
+
+from fieldsync.blip import BLIPSession, IncomingRequest
+from fieldsync.blip.limits import BLIPLimits
+
+
+async def test_two_thousand_open_requests_are_all_answered() -> None:
+    release = asyncio.Event()
+    running: list[int] = []
+    peak = 0
+
+    def setup(session: BLIPSession) -> None:
+        async def slow(request: IncomingRequest) -> None:
+            nonlocal peak
+            running.append(request.number)
+            peak = max(peak, len(running))
+            await release.wait()  # like a rev waiting for its batch's commit
+            running.remove(request.number)
+            request.respond({"n": str(request.number)}, request.body)
+
+        session.register("rev", slow)
+
+    async with blip_pair(setup) as pair:
+        body = b"x" * 1000
+        futures = [pair.client.send_nowait("rev", {"i": str(i)}, body) for i in range(2000)]
+        server = await pair.server_session()
+        while len(running) < server._limits.max_open_requests:
+            await asyncio.sleep(0.01)
+        release.set()
+        replies = await asyncio.wait_for(asyncio.gather(*futures), TIMEOUT)  # type: ignore[arg-type]
+    assert [r.is_error for r in replies].count(True) == 0
+    assert [r.body for r in replies] == [body] * 2000
+    assert peak <= BLIPLimits().max_open_requests  # handlers ran at most that many at once
+
+
+async def test_beyond_the_queue_bounds_requests_get_503() -> None:
+    release = asyncio.Event()
+    limits = BLIPLimits(max_open_requests=5, max_queued_requests=10)
+
+    def setup(session: BLIPSession) -> None:
+        session._limits = limits  # a small queue, to reach its bound
+
+        async def slow(request: IncomingRequest) -> None:
+            await release.wait()
+            request.respond()
+
+        session.register("rev", slow)
+
+    async with blip_pair(setup) as pair:
+        futures = [pair.client.send_nowait("rev", {}, b"{}") for _ in range(40)]
+        await pair.server_session()
+        await asyncio.sleep(0.3)
+        release.set()
+        replies = await asyncio.wait_for(asyncio.gather(*futures), TIMEOUT)  # type: ignore[arg-type]
+    codes = [r.error_code if r.is_error else 200 for r in replies]
+    assert codes.count(200) >= 15  # 5 running + 10 queued
+    assert set(codes) <= {200, 503} and 503 in codes
