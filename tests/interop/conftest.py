@@ -38,11 +38,7 @@ from pathlib import Path
 import pytest
 from _pytest.reports import TestReport
 from _pytest.runner import runtestprotocol
-
-# The suite runs with --import-mode=importlib: make this folder's helper modules importable.
-sys.path.insert(0, str(Path(__file__).parent))
-
-from litecore import CblTools, LiteCore, LiteDatabase
+from tests.interop.litecore import CblTools, LiteCore, LiteDatabase
 
 LIB_ENV = "FIELDSYNC_LITECORE_LIB"
 LIB41_ENV = "FIELDSYNC_LITECORE41_LIB"

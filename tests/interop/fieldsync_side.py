@@ -1,7 +1,7 @@
 """Shared helpers for interop tests: fieldsync's listener on one side, LiteCore on the other.
 
-Imported by the ``test_*_interop.py`` files next to it (``conftest.py`` puts this folder on
-``sys.path``). It only imports fieldsync lazily, so a missing ``fieldsync.listener`` still lets
+Imported by the ``test_*_interop.py`` files next to it as ``tests.interop.fieldsync_side``.
+It only imports fieldsync lazily, so a missing ``fieldsync.listener`` still lets
 each test file skip through ``pytest.importorskip``.
 """
 
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from litecore import LiteReplicator, ReplicatorStatus
+from tests.interop.litecore import LiteReplicator, ReplicatorStatus
 
 #: Generous ceiling for one replication on a loaded 2-core machine (seconds).
 TIMEOUT = 60.0

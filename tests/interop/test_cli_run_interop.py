@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import IO
 
 import pytest
-from fieldsync_side import TIMEOUT
-from litecore import LiteDatabase, pulled_doc_ids, pushed_doc_ids
+from tests.interop.fieldsync_side import TIMEOUT
+from tests.interop.litecore import LiteDatabase, pulled_doc_ids, pushed_doc_ids
 
 store_mod = pytest.importorskip("fieldsync.store", reason="fieldsync.store not importable")
 

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fieldsync_side import run, url
-from litecore import (
+from tests.interop.fieldsync_side import run, url
+from tests.interop.litecore import (
     NETWORK_DOMAIN,
     WEBSOCKET_DOMAIN,
     LiteDatabase,

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fieldsync_side import (
+from tests.interop.fieldsync_side import (
     ConnectionRecorder,
     LoggedMessage,
     device_docs,
@@ -27,7 +27,7 @@ from fieldsync_side import (
     run,
     url,
 )
-from litecore import LiteDatabase
+from tests.interop.litecore import LiteDatabase
 
 listener_mod = pytest.importorskip("fieldsync.listener", reason="fieldsync.listener not importable")
 store_mod = pytest.importorskip("fieldsync.store", reason="fieldsync.store not importable")

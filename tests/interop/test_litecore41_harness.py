@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from litecore import (
+from tests.interop.litecore import (
     WEBSOCKET_DOMAIN,
     CblTools,
     LiteCore,

@@ -13,7 +13,7 @@ import hashlib
 import socket
 
 import pytest
-from litecore import (
+from tests.interop.litecore import (
     NETWORK_DOMAIN,
     POSIX_DOMAIN,
     WEBSOCKET_DOMAIN,
@@ -21,7 +21,7 @@ from litecore import (
     LiteCoreError,
     LiteDatabase,
 )
-from trace_peer import SUBPROTOCOL, TracePeer
+from tests.interop.trace_peer import SUBPROTOCOL, TracePeer
 
 NET_ERR_CONNECTION_REFUSED = 19  # C4NetworkErrorCode kC4NetErrConnectionRefused
 

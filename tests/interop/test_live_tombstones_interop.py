@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fieldsync_side import (
+from tests.interop.fieldsync_side import (
     TIMEOUT,
     device_docs,
     log_size,
@@ -25,7 +25,7 @@ from fieldsync_side import (
     url,
     wait_for,
 )
-from litecore import LiteDatabase
+from tests.interop.litecore import LiteDatabase
 
 listener_mod = pytest.importorskip("fieldsync.listener", reason="fieldsync.listener not importable")
 store_mod = pytest.importorskip("fieldsync.store", reason="fieldsync.store not importable")

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fieldsync_side import (
+from tests.interop.fieldsync_side import (
     TIMEOUT,
     device_docs,
     log_size,
@@ -18,7 +18,7 @@ from fieldsync_side import (
     url,
     wait_for,
 )
-from litecore import WEBSOCKET_DOMAIN, LiteDatabase, pulled_doc_ids
+from tests.interop.litecore import WEBSOCKET_DOMAIN, LiteDatabase, pulled_doc_ids
 
 listener_mod = pytest.importorskip("fieldsync.listener", reason="fieldsync.listener not importable")
 store_mod = pytest.importorskip("fieldsync.store", reason="fieldsync.store not importable")

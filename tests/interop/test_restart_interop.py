@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fieldsync_side import TIMEOUT, device_docs, phone_docs, url, wait_for
-from litecore import POSIX_DOMAIN, WEBSOCKET_DOMAIN, LiteDatabase
+from tests.interop.fieldsync_side import TIMEOUT, device_docs, phone_docs, url, wait_for
+from tests.interop.litecore import POSIX_DOMAIN, WEBSOCKET_DOMAIN, LiteDatabase
 
 listener_mod = pytest.importorskip("fieldsync.listener", reason="fieldsync.listener not importable")
 store_mod = pytest.importorskip("fieldsync.store", reason="fieldsync.store not importable")

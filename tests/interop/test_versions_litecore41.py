@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from litecore import CblTools, LiteCore, LiteDatabase
+from tests.interop.litecore import CblTools, LiteCore, LiteDatabase
 
 from fieldsync.store import versions as vv
 from fieldsync.store.versions import HLV, Order

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fieldsync_side import ConnectionRecorder, device_docs, phone_docs, run, url
-from litecore import LiteDatabase, pulled_doc_ids, pushed_doc_ids
+from tests.interop.fieldsync_side import ConnectionRecorder, device_docs, phone_docs, run, url
+from tests.interop.litecore import LiteDatabase, pulled_doc_ids, pushed_doc_ids
 
 listener_mod = pytest.importorskip("fieldsync.listener", reason="fieldsync.listener not importable")
 store_mod = pytest.importorskip("fieldsync.store", reason="fieldsync.store not importable")

@@ -320,6 +320,22 @@ def test_full_vacuum_skipped_without_free_space(
         assert db.engine.query("PRAGMA auto_vacuum")[0][0] == 2  # converted once
 
 
+def test_compaction_inside_a_write_leaves_the_write_to_its_owner(
+    db: Database, coll: Collection
+) -> None:
+    for i in range(50):
+        coll.save_document(f"d{i}", {"payload": "x" * 4000})
+    for i in range(50):
+        coll.purge(f"d{i}")
+    with pytest.raises(RuntimeError, match="undo"), db.engine.write():
+        coll.save_document("half-done", {"v": 1})
+        result = compact(db)  # e.g. from an application callback inside its transaction
+        assert result.vacuum.startswith("skipped")
+        raise RuntimeError("undo")  # the caller's write must still be undoable
+    assert coll.get_document("half-done") is None
+    assert compact(db).vacuum.startswith("incremental")
+
+
 def test_last_result_is_recorded(db: Database) -> None:
     assert db.last_maintenance() is None
     compact(db)

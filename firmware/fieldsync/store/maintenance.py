@@ -477,6 +477,10 @@ def collect_blobs(
 def reclaim_space(engine: Engine, path: Path) -> str:
     """Give free pages back to the file system; return what was done."""
     with engine.locked() as conn:
+        if conn.in_transaction:
+            # Called from inside a write (e.g. by an application's callback): a checkpoint or
+            # vacuum cannot run there, and executescript would commit the caller's half-done work.
+            return "skipped: a transaction is open on this connection"
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         auto_vacuum = conn.execute("PRAGMA auto_vacuum").fetchone()[0]
         free_pages = conn.execute("PRAGMA freelist_count").fetchone()[0]
