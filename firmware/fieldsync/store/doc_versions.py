@@ -85,6 +85,9 @@ class DeviceVersions:
         self.wall = wall
         self._source: SourceID | None = None
         self._lock = threading.Lock()
+        # The clock of the open write transaction: loaded once, saved once before its commit
+        # (two statements per write were ~10 % of inserting a received revision; perf).
+        self._txn_clock: tuple[int, HybridLogicalClock] | None = None
 
     @property
     def source_id(self) -> SourceID:
@@ -110,15 +113,38 @@ class DeviceVersions:
             (_CLOCK_KEY, f"{state.last} {state.peer_time} {state.peer_wall}"),
         )
 
+    def _transaction_clock(self, conn: sqlite3.Connection) -> HybridLogicalClock | None:
+        """The clock of the caller's write transaction, saved just before it commits; ``None``
+        outside a transaction. Within one transaction no other connection can write the row,
+        and a clock left ahead by a rolled-back savepoint only moves time forward."""
+        engine = self._engine
+        if not engine.in_transaction:
+            return None
+        serial = engine.transaction_serial
+        cached = self._txn_clock
+        if cached is not None and cached[0] == serial:
+            return cached[1]
+        clock = self._load_clock(conn)
+        self._txn_clock = (serial, clock)
+        engine.before_commit(lambda c: self._save_clock(c, clock))
+        return clock
+
     def stamp(self, conn: sqlite3.Connection, *, after: int = 0) -> Version:
         """A new version by this database, inside the caller's write transaction."""
-        clock = self._load_clock(conn)
-        version = Version(clock.now(after=after), self.source_id)
-        self._save_clock(conn, clock)
-        return version
+        clock = self._transaction_clock(conn)
+        if clock is None:
+            clock = self._load_clock(conn)
+            version = Version(clock.now(after=after), self.source_id)
+            self._save_clock(conn, clock)
+            return version
+        return Version(clock.now(after=after), self.source_id)
 
     def observe(self, conn: sqlite3.Connection, vector: HLV) -> None:
         """Move the clock past a received vector (inside the caller's write transaction)."""
+        clock = self._transaction_clock(conn)
+        if clock is not None:
+            clock.see_all(vector, mine=self.source_id)
+            return
         clock = self._load_clock(conn)
         before = (clock.state.last, clock.state.peer_time)
         clock.see_all(vector, mine=self.source_id)

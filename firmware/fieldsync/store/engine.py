@@ -66,6 +66,9 @@ class Engine:
         self.lock = threading.RLock()
         self._lock = self.lock
         self._depth = 0  # nesting depth of write transactions
+        #: Counts outermost write transactions (a cache valid for one transaction keys on it).
+        self.transaction_serial = 0
+        self._before_commit: list[Callable[[sqlite3.Connection], None]] = []
         self._pending: dict[int, int] = {}  # collection id -> last sequence written, uncommitted
         self._data_version: int = conn.execute("PRAGMA data_version").fetchone()[0]
         self._reader: sqlite3.Connection | None = None  # opened on first use
@@ -198,6 +201,8 @@ class Engine:
                 raise StoreError(f"cannot start a write transaction: {exc}") from exc
             self._depth = 1
             self._pending = {}
+            self.transaction_serial += 1
+            self._before_commit = []
             try:
                 yield conn
                 if self._pending:
@@ -205,6 +210,8 @@ class Engine:
                         "UPDATE collections SET last_sequence = ? WHERE id = ?",
                         [(seq, cid) for cid, seq in self._pending.items()],
                     )
+                for callback in self._before_commit:
+                    callback(conn)
                 conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:
@@ -214,9 +221,17 @@ class Engine:
                 raise
             finally:
                 self._depth = 0
+                self._before_commit = []
             committed, self._pending = self._pending, {}
         if committed:
             self.on_commit(committed)
+
+    def before_commit(self, callback: Callable[[sqlite3.Connection], None]) -> None:
+        """Run ``callback(conn)`` just before the open write transaction commits (inside it;
+        an exception rolls it back). Only with the lock held, inside ``write()``."""
+        if not self._depth:
+            raise StoreError("before_commit() needs an open write transaction")
+        self._before_commit.append(callback)
 
     @contextlib.contextmanager
     def savepoint(self) -> Iterator[sqlite3.Connection]:
