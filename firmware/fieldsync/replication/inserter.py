@@ -175,6 +175,8 @@ def _drain() -> None:
     for entries in by_database.values():
         first = entries[0][0][0][0] if entries[0][0] else None
         transaction = getattr(getattr(first, "database", None), "transaction", None)
+        if len(entries) == 1:
+            transaction = None  # one session's batch: its inserts commit on their own, as ever
         results: list[list[_Outcome]] = []
         try:
             with transaction() if transaction is not None else contextlib.nullcontext():
