@@ -39,7 +39,7 @@ from fieldsync.replication.ports import ReplicatedCollection
 from fieldsync.replication.pushmodes import ChangesMode, PushMode
 from fieldsync.replication.sequences import SequenceTracker
 from fieldsync.replication.stats import ReplicationStats
-from fieldsync.store import Change, Revision, find_blobs
+from fieldsync.store import Change, find_blobs
 
 log = logging.getLogger(__name__)
 
@@ -392,14 +392,15 @@ class Pusher:
         assert sent is not None  # a request that wants a reply has a future
         size = len(message_body) + _REV_OVERHEAD
         self._rev_bytes += size
+        # The callback keeps names only, not the revision or its body: ~2,000 revisions may be
+        # awaiting replies (the byte window), and their bodies are not needed any more.
         sent.add_done_callback(
             functools.partial(
                 self._rev_replied,
                 change,
                 known,
                 max_history,
-                properties,
-                revision,
+                (properties["rev"], "deltaSrc" in properties, revision.rev_id),
                 size,
             )
         )
@@ -409,11 +410,11 @@ class Pusher:
         change: Change,
         known: list[str],
         max_history: int,
-        properties: dict[str, str],
-        revision: Revision,
+        sent: tuple[str, bool, str],
         size: int,
         future: asyncio.Future[IncomingResponse],
     ) -> None:
+        spelled_rev, delta, rev_id = sent
         self._rev_bytes -= size
         if self._rev_bytes < self._rev_bytes_limit:
             self._rev_room.set()
@@ -425,13 +426,13 @@ class Pusher:
             self._rev_finished(change)
             return
         reply = future.result()
-        if reply.is_error and "deltaSrc" in properties and _is_delta_error(reply):
+        if reply.is_error and delta and _is_delta_error(reply):
             # CBL-986: the peer could not apply the delta; resend in full
             self._revs_outstanding -= 1  # _queue_rev counts it again
             self._queue_rev(change, known, max_history, False, first=True)
             return
         try:
-            self._handle_rev_reply(change, properties["rev"], revision, reply)
+            self._handle_rev_reply(change, spelled_rev, rev_id, reply)
         finally:
             self._rev_finished(change)
 
@@ -439,7 +440,7 @@ class Pusher:
         self,
         change: Change,
         spelled_rev: str,
-        revision: Revision,
+        rev_id: str,
         reply: IncomingResponse,
     ) -> None:
         if reply.is_error:
@@ -450,10 +451,10 @@ class Pusher:
             self._stats.record_error(message)
             log.warning("%s", message)
             if reply.error_code == 409:
-                self.conflicts.append((change.doc_id, revision.rev_id))
+                self.conflicts.append((change.doc_id, rev_id))
             return
         self._stats.docs_out += 1
-        self._mode.revision_sent(change.doc_id, revision.rev_id)
+        self._mode.revision_sent(change.doc_id, rev_id)
 
     def _remember_blobs(self, body: bytes) -> None:
         try:
