@@ -106,10 +106,13 @@ def answer_proposed_changes(
     With ``conflict_includes_rev`` a conflict is ``{"status": 409, "rev": <current revID>}``.
     """
     answers: list[Any] = []
-    for change in changes:
-        status, current = collection.check_proposed(
-            change.doc_id, change.rev_id, change.parent_rev_id
-        )
+    proposals = [(c.doc_id, c.rev_id, c.parent_rev_id) for c in changes]
+    many = getattr(collection, "check_proposed_many", None)  # the store's one-query form
+    if many is not None:
+        checked: list[tuple[int, str | None]] = many(proposals)
+    else:
+        checked = [collection.check_proposed(*proposal) for proposal in proposals]
+    for status, current in checked:
         if status == 409 and conflict_includes_rev and current:
             answers.append({"status": 409, "rev": current})
         else:

@@ -204,12 +204,31 @@ class Collection:
         ``None`` when the document does not exist). A document whose current revision is a
         deletion accepts a new document (no parent)."""
         row = self._doc_row(doc_id)
-        current = row.rev_id if row else None
-        if current == rev_id:
-            return 304, None
-        if current == (parent_rev_id or None) or (not parent_rev_id and row and row.deleted):
-            return 0, None
-        return 409, current
+        return _proposed_status(
+            row.rev_id if row else None, bool(row and row.deleted), rev_id, parent_rev_id
+        )
+
+    def check_proposed_many(
+        self, proposals: Sequence[tuple[str, str, str | None]]
+    ) -> list[tuple[int, str | None]]:
+        """:meth:`check_proposed` for a whole ``proposeChanges`` list of
+        ``(doc_id, rev_id, parent_rev_id)``, with one query instead of one per document."""
+        wanted = list(dict.fromkeys(doc_id for doc_id, _, _ in proposals))
+        current: dict[str, tuple[str, bool]] = {}
+        sql = "SELECT doc_id, rev_id, deleted FROM docs WHERE collection = ? AND doc_id "
+        for start in range(0, len(wanted), _INLINE_FILTER_LIMIT):
+            chunk = wanted[start : start + _INLINE_FILTER_LIMIT]
+            rows = self._engine.query(sql + f"IN ({','.join('?' * len(chunk))})", (self.id, *chunk))
+            current.update((doc_id, (rev_id, bool(deleted))) for doc_id, rev_id, deleted in rows)
+        results = []
+        for doc_id, rev_id, parent_rev_id in proposals:
+            found = current.get(doc_id)
+            results.append(
+                _proposed_status(
+                    found[0] if found else None, bool(found and found[1]), rev_id, parent_rev_id
+                )
+            )
+        return results
 
     def find_known_revisions(
         self, doc_id: str, rev_id: str, *, max_ancestors: int = 20, require_bodies: bool = False
@@ -767,6 +786,17 @@ class Collection:
 
 def _own_time(a: HLV, b: HLV, me: SourceID) -> int:
     return max(a.time_of(me) or 0, b.time_of(me) or 0)
+
+
+def _proposed_status(
+    current: str | None, deleted: bool, rev_id: str, parent_rev_id: str | None
+) -> tuple[int, str | None]:
+    """LiteCore's answer to a proposed revision, given the document's current revision."""
+    if current == rev_id:
+        return 304, None
+    if current == (parent_rev_id or None) or (not parent_rev_id and current and deleted):
+        return 0, None
+    return 409, current
 
 
 def _json_array(values: list[str]) -> str:
