@@ -213,3 +213,32 @@ def test_reads_do_not_wait_for_a_write_stuck_behind_another_process(tmp_path) ->
             assert coll.get_document("later").body == {"n": 2}
         finally:
             holder.close()
+
+
+async def test_session_answers_while_another_process_holds_the_write_lock(
+    listener, device_db
+) -> None:
+    """A setCheckpoint waits for the lock on the writer thread; meanwhile the same session
+    still answers reads (the event loop is not blocked by the store)."""
+
+    class _Where:
+        port = listener.port
+
+    device_db.set_checkpoint("other-phone", b'{"seq":1}', None)
+    holder = sqlite3.connect(device_db.path / "db.sqlite3", isolation_level=None)
+    try:
+        async with RawClient(_Where(), database="device") as session:
+            holder.execute("BEGIN IMMEDIATE")  # another process's write lock
+            pending = session.send_nowait("setCheckpoint", {"client": "phone-a"}, b'{"seq":7}')
+            got = await asyncio.wait_for(
+                session.request("getCheckpoint", {"client": "other-phone"}), 30
+            )
+            assert got is not None and not got.is_error, got
+            assert got.body == b'{"seq":1}'
+            assert pending is not None and not pending.done()  # still waiting for the lock
+            holder.execute("COMMIT")
+            stored = await asyncio.wait_for(pending, 30)
+            assert not stored.is_error, stored
+    finally:
+        holder.close()
+    assert device_db.get_checkpoint("phone-a")[0] == b'{"seq":7}'

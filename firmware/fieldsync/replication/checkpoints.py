@@ -8,6 +8,7 @@ when both copies agree.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import hashlib
@@ -20,6 +21,7 @@ from typing import Any
 
 from fieldsync import safejson
 from fieldsync.blip import BLIPSession, IncomingRequest
+from fieldsync.replication.inserter import WRITER
 from fieldsync.replication.messages import SET_CHECKPOINT, encode_json, with_collection
 from fieldsync.replication.ports import ReplicatedCollection, ReplicatedDatabase
 from fieldsync.replication.sequences import SequenceTracker
@@ -48,7 +50,9 @@ def get_checkpoint(database: ReplicatedDatabase, request: IncomingRequest) -> No
     request.respond({"rev": rev}, body)
 
 
-def set_checkpoint(database: ReplicatedDatabase, request: IncomingRequest) -> None:
+async def set_checkpoint(database: ReplicatedDatabase, request: IncomingRequest) -> None:
+    """Store a peer's checkpoint. The write runs on the store-writer thread (after the
+    revisions queued before it), so the event loop never waits for a write lock."""
     client = request.properties.get("client")
     if not client:
         request.respond_error("BLIP", 400, "missing 'client' property")
@@ -59,7 +63,13 @@ def set_checkpoint(database: ReplicatedDatabase, request: IncomingRequest) -> No
         request.respond_error("BLIP", 400, "checkpoint body is not JSON")
         return
     try:
-        rev = database.set_checkpoint(client, request.body, request.properties.get("rev") or None)
+        rev = await asyncio.get_running_loop().run_in_executor(
+            WRITER,
+            database.set_checkpoint,
+            client,
+            request.body,
+            request.properties.get("rev") or None,
+        )
     except CheckpointConflict:
         request.respond_error("HTTP", 409, "revision ID mismatch")
         return

@@ -130,10 +130,10 @@ class PassiveReplicator:
             self.session.peer.value = f"cp:{request.properties['client']}"
         checkpoints.get_checkpoint(self.session.database, request)
 
-    def _set_checkpoint(
+    async def _set_checkpoint(
         self, request: IncomingRequest, _target: Target, _index: int | None
     ) -> None:
-        checkpoints.set_checkpoint(self.session.database, request)
+        await checkpoints.set_checkpoint(self.session.database, request)
 
     def _get_collections(
         self, request: IncomingRequest, _target: Target, _index: int | None
