@@ -48,6 +48,7 @@ def test_defaults() -> None:
     assert config.listener.tls is True
     assert config.listener.delta_sync is False
     assert config.listener.read_only is False
+    assert config.listener.reserve_free_mb is None  # the listener's default reserve
     assert config.control_socket == DEFAULT_CONTROL_SOCKET
     assert config.mdns.enabled is True
     assert config.mdns.service_type == "_fieldsync._tcp"
@@ -93,6 +94,8 @@ BAD_CASES = [
     ('[listener]\ntls = "yes"\n', "listener.tls", "true or false"),
     ("[listener]\ndelta_sync = 1\n", "listener.delta_sync", "true or false"),
     ('[listener]\nread_only = "no"\n', "listener.read_only", "true or false"),
+    ('[listener]\nreserve_free_mb = "64"\n', "listener.reserve_free_mb", "integer"),
+    ("[listener]\nreserve_free_mb = -1\n", "listener.reserve_free_mb", "0 or more"),
     ('[listener]\ninterface = ""\n', "listener.interface", "empty"),
     ('[listener]\ninterface = "a-very-long-interface-name"\n', "listener.interface", "15"),
     ('[listener]\ninterface = "wl an0"\n', "listener.interface", "not an interface"),

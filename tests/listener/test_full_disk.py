@@ -42,15 +42,14 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
 
 @pytest.fixture
 async def served(
-    small_disk: Path, monkeypatch: pytest.MonkeyPatch
+    small_disk: Path,
 ) -> AsyncIterator[tuple[URLEndpointListener, Database, Path]]:
-    import fieldsync.replication.passive as passive
-
-    # A 3 MB card: a 1 MB reserve instead of the default (a no-op on code without one).
-    monkeypatch.setattr(passive, "DEFAULT_MIN_FREE_BYTES", 1 * MiB, raising=False)
     db = Database.open(small_disk / "db")
+    # A 3 MB card: a 1 MB reserve instead of the default 64 MB.
     listener = URLEndpointListener(
-        URLEndpointListenerConfiguration(database=db, port=0, disable_tls=True)
+        URLEndpointListenerConfiguration(
+            database=db, port=0, disable_tls=True, min_free_bytes=1 * MiB
+        )
     )
     await listener.start()
     yield listener, db, small_disk

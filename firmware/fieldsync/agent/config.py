@@ -67,6 +67,7 @@ class ListenerSettings:
     identity: str = DEFAULT_IDENTITY_ALIAS
     delta_sync: bool = False
     read_only: bool = False
+    reserve_free_mb: int | None = None  # None: the listener's default reserve
 
     @property
     def interface_is_address(self) -> bool:
@@ -289,7 +290,9 @@ class _Parser:
     def _listener(self, table: dict[str, Any]) -> ListenerSettings:
         prefix = "listener."
         _check_keys(
-            table, prefix, {"interface", "port", "tls", "identity", "delta_sync", "read_only"}
+            table,
+            prefix,
+            {"interface", "port", "tls", "identity", "delta_sync", "read_only", "reserve_free_mb"},
         )
         interface = _string(table, "interface", prefix, default=None)
         if interface is not None:
@@ -322,6 +325,7 @@ class _Parser:
             identity=identity,
             delta_sync=_bool(table, "delta_sync", prefix, default=False),
             read_only=_bool(table, "read_only", prefix, default=False),
+            reserve_free_mb=_reserve_free_mb(table.get("reserve_free_mb")),
         )
 
     def _databases(self, doc: dict[str, Any]) -> tuple[DatabaseConfig, ...]:
@@ -514,6 +518,16 @@ def _is_ip_address(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _reserve_free_mb(value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError("listener.reserve_free_mb", f"must be an integer, not {_describe(value)}")
+    if value < 0:
+        raise ConfigError("listener.reserve_free_mb", f"must be 0 or more (MiB), not {value}")
+    return value
 
 
 def _interface_name_problem(name: str) -> str | None:

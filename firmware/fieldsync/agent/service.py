@@ -348,6 +348,7 @@ class Agent:
             client_ca=list(config.client_cert_roots),
             delta_sync=settings.delta_sync,
             read_only=settings.read_only,
+            reserve_free_mb=settings.reserve_free_mb,
         )
 
     def _assemble(self) -> Assembly:

@@ -48,6 +48,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     add_collection_option(parser, "serve only these collections (created if missing; repeatable)")
     parser.add_argument("--read-only", action="store_true", help="refuse pushes from phones")
     parser.add_argument("--delta-sync", action="store_true", help="enable delta sync")
+    parser.add_argument(
+        "--reserve-free-mb",
+        type=_megabytes,
+        metavar="MB",
+        help="refuse pushes while less than MB MiB are free on the database's disk "
+        "(default 64; 0 = no reserve)",
+    )
     tls = parser.add_argument_group("TLS and authentication")
     tls.add_argument("--no-tls", action="store_true", help="serve plain ws:// (not recommended)")
     tls.add_argument("--identity", metavar="ALIAS", help="TLS identity alias in the keystore")
@@ -77,6 +84,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.set_defaults(func=run)
 
 
+def _megabytes(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of MiB") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
+    return value
+
+
 def _settings(args: argparse.Namespace) -> ServeSettings:
     users: dict[str, str] = {}
     if args.users:
@@ -102,6 +119,7 @@ def _settings(args: argparse.Namespace) -> ServeSettings:
         client_ca_key="--client-ca",
         delta_sync=args.delta_sync,
         read_only=args.read_only,
+        reserve_free_mb=args.reserve_free_mb,
     )
 
 

@@ -50,6 +50,8 @@ __all__ = [
 
 T = TypeVar("T")
 
+MIB = 1024 * 1024
+
 #: Log line format of every fieldsync command (stderr).
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -77,6 +79,9 @@ class ServeSettings:
     client_ca_key: str = "client_cert_roots"
     delta_sync: bool = False
     read_only: bool = False
+    #: Free space (MiB) kept on the database's file system: pushes are refused below it.
+    #: None = the default reserve.
+    reserve_free_mb: int | None = None
 
 
 @dataclass(frozen=True)
@@ -168,6 +173,7 @@ def assemble(
         authenticator=load_authenticator(settings),
         enable_delta_sync=settings.delta_sync,
         read_only=settings.read_only,
+        min_free_bytes=None if settings.reserve_free_mb is None else settings.reserve_free_mb * MIB,
     )
     try:
         configuration.validate()

@@ -43,6 +43,9 @@ class URLEndpointListenerConfiguration:
     enable_delta_sync: bool = False
     read_only: bool = False
     keystore: Keystore | None = None
+    #: Refuse pushes (507) while the database's file system has less than this free, so the card
+    #: never fills completely; None = the replicator's default (64 MiB), 0 = no reserve.
+    min_free_bytes: int | None = None
 
     def served(self) -> dict[str, Database]:
         """The databases behind this listener by URL name, in order."""

@@ -359,6 +359,7 @@ class URLEndpointListener:
             enable_delta_sync=self.config.enable_delta_sync,
             stats=info.stats,
             wire=WireFormat.for_subprotocol(subprotocol),
+            min_free_bytes=self.config.min_free_bytes,
         )
         log.info(
             "%s: connected to /%s%s (%s)",

@@ -1,0 +1,44 @@
+"""The composition root turns `fieldsync run` options and the agent's settings into the same
+listener configuration (here: the free-space reserve that guards pushes)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fieldsync.agent.config import parse_config
+from fieldsync.agent.service import Agent
+from fieldsync.cli.main import build_parser
+from fieldsync.cli.run import _settings
+from fieldsync.listener.assembly import MIB, assemble
+from fieldsync.store import Database
+
+
+@pytest.fixture
+def db(tmp_path: Path):
+    with Database.open(tmp_path / "db") as database:
+        yield database
+
+
+def test_run_option_reaches_the_listener_configuration(db: Database) -> None:
+    args = build_parser().parse_args(["run", "--no-tls", "--reserve-free-mb", "5"])
+    built = assemble({"db": db}, _settings(args))
+    assert built.configuration.min_free_bytes == 5 * MIB
+    default = assemble({"db": db}, _settings(build_parser().parse_args(["run", "--no-tls"])))
+    assert default.configuration.min_free_bytes is None  # the replicator's default reserve
+
+
+def test_run_refuses_a_negative_reserve(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["run", "--reserve-free-mb", "-1"])
+    assert "0 or more" in capsys.readouterr().err
+
+
+def test_agent_setting_reaches_the_listener_configuration(db: Database, tmp_path: Path) -> None:
+    config = parse_config(
+        '[listener]\ntls = false\nreserve_free_mb = 0\n[databases.db]\npath = "db"\n',
+        base_dir=tmp_path,
+    )
+    settings = Agent(config)._serve_settings()
+    assert assemble({"db": db}, settings).configuration.min_free_bytes == 0  # no reserve
