@@ -45,3 +45,17 @@ def test_non_leaf_is_refused_and_nothing_changes(tmp_path) -> None:
         coll.resolve_conflict("d", winning_rev=base, losing_rev=theirs)
     assert coll.last_sequence == before and coll.is_conflicted("d")
     db.close()
+
+
+def test_a_deleted_winner_is_returned_as_the_tombstone(tmp_path) -> None:
+    db = Database.open(tmp_path / "db")
+    coll = db.default_collection
+    base = coll.save_document("d", {"v": 0}).rev_id
+    mine = coll.save_document("d", {"v": "mine"}).rev_id
+    gone = "2-" + "e" * 40
+    [result] = coll.insert_revisions([IncomingRevision("d", gone, [base], True, b"{}")])
+    assert result.status == 201 and set(coll.leaf_revisions("d")) == {mine, gone}
+    resolved = coll.resolve_conflict("d", winning_rev=gone, losing_rev=mine)
+    assert resolved.deleted and resolved.doc_id == "d"
+    assert coll.get_document("d") is None  # a deletion won: the document reads as deleted
+    db.close()

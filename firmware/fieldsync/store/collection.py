@@ -100,17 +100,27 @@ class Collection:
 
     def get_document(self, doc_id: str) -> Document | None:
         """The current revision of a document; ``None`` if it is missing or deleted."""
+        document = self._current(doc_id)
+        return None if document is None or document.deleted else document
+
+    def _current(self, doc_id: str) -> Document | None:
+        """The current revision, a tombstone included; ``None`` if there is no document."""
         rows = self._engine.query(
             "SELECT d.rev_id, d.sequence, d.deleted, r.body, d.hlv FROM docs d "
             "JOIN revs r ON r.doc = d.id AND r.rev_id = d.rev_id "
             "WHERE d.collection = ? AND d.doc_id = ?",
             (self.id, doc_id),
         )
-        if not rows or rows[0][2]:
+        if not rows:
             return None
-        rev_id, sequence, _deleted, body, hlv = rows[0]
+        rev_id, sequence, deleted, body, hlv = rows[0]
         return Document(
-            doc_id, rev_id, sequence, False, decode_stored(body), doc_versions.parse_stored(hlv)
+            doc_id,
+            rev_id,
+            sequence,
+            bool(deleted),
+            decode_stored(body),
+            doc_versions.parse_stored(hlv),
         )
 
     def get_revision(
@@ -313,7 +323,7 @@ class Collection:
                 # The winner keeps its body and cv, and now covers the loser's versions.
                 vectors[winning_rev] = trivial_merge(win_hlv, lose_hlv)
             self._save_tree(conn, doc_id, row, tree, new_rev, sequence, vectors)
-        document = self.get_document(doc_id)
+        document = self._current(doc_id)  # a tombstone when a deletion won
         assert document is not None
         return document
 
