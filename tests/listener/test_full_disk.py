@@ -40,21 +40,21 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
-@pytest.fixture
-async def served(
-    small_disk: Path,
-) -> AsyncIterator[tuple[URLEndpointListener, Database, Path]]:
-    db = Database.open(small_disk / "db")
-    # A 3 MB card: a 1 MB reserve instead of the default 64 MB.
+@contextlib.asynccontextmanager
+async def serve(disk: Path, reserve: int) -> AsyncIterator[tuple[URLEndpointListener, Database]]:
+    """A listener for a database on ``disk`` that keeps ``reserve`` bytes free for itself."""
+    db = Database.open(disk / "db")
     listener = URLEndpointListener(
         URLEndpointListenerConfiguration(
-            database=db, port=0, disable_tls=True, min_free_bytes=1 * MiB
+            database=db, port=0, disable_tls=True, min_free_bytes=reserve
         )
     )
     await listener.start()
-    yield listener, db, small_disk
-    await listener.stop()
-    db.close()
+    try:
+        yield listener, db
+    finally:
+        await listener.stop()
+        db.close()
 
 
 def fill(disk: Path, leave: int) -> Path:
@@ -78,11 +78,13 @@ async def push(session, first: int, count: int, size: int = 4000):
     return await asyncio.wait_for(asyncio.gather(*futures), 60)
 
 
-async def test_full_disk_is_507_once_logged_and_recovers(served, caplog) -> None:
-    listener, db, disk = served
-    import fieldsync.replication.passive as passive
+async def test_full_disk_is_507_once_logged_and_recovers(small_disk: Path, caplog) -> None:
+    # No reserve: the disk really fills and SQLite's own "disk is full" must become one 507.
+    async with serve(small_disk, reserve=0) as (listener, db):
+        await _full_disk_then_recovery(listener, db, small_disk, caplog)
 
-    passive.DEFAULT_MIN_FREE_BYTES = 0  # this test fills the disk itself (monkeypatch undoes)
+
+async def _full_disk_then_recovery(listener, db, disk: Path, caplog) -> None:
     filler = fill(disk, leave=64 * 1024)
     caplog.set_level(logging.INFO)
     async with RawClient(listener) as session:
@@ -96,6 +98,8 @@ async def test_full_disk_is_507_once_logged_and_recovers(served, caplog) -> None
         )
     storage_lines = [r for r in caplog.records if "insufficient storage" in r.getMessage()]
     assert len(storage_lines) == 1, [r.getMessage() for r in storage_lines]
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1, errors  # the episode's line, nothing per batch or revision
     assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
     # Space freed: the same peer pushes again and everything it retries is stored.
     filler.unlink()
@@ -105,8 +109,13 @@ async def test_full_disk_is_507_once_logged_and_recovers(served, caplog) -> None
     assert db.default_collection.get_document("d199") is not None
 
 
-async def test_pushes_are_refused_below_the_reserve(served) -> None:
-    listener, db, disk = served
+async def test_pushes_are_refused_below_the_reserve(small_disk: Path) -> None:
+    # A 3 MB card: a 1 MB reserve instead of the default 64 MB.
+    async with serve(small_disk, reserve=1 * MiB) as (listener, db):
+        await _refused_below_the_reserve(listener, db, small_disk)
+
+
+async def _refused_below_the_reserve(listener, db, disk: Path) -> None:
     fill(disk, leave=512 * 1024)  # under the 1 MB reserve, well above what the test writes
     async with RawClient(listener) as session:
         replies = await push(session, 0, 5, size=100)

@@ -26,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from fieldsync.replication.messages import INSERTION_BATCH_SIZE, INSERTION_DELAY
 from fieldsync.replication.ports import ReplicatedCollection
 from fieldsync.store import IncomingRevision, InsertResult
+from fieldsync.store.errors import storage_error
 from fieldsync.store.models import IncomingVersioned
 
 log = logging.getLogger(__name__)
@@ -116,12 +117,15 @@ class Inserter:
             outcomes = [(None, exc)] * len(batch)
         for (collection, items, _insert), (results, error) in zip(batch, outcomes, strict=True):
             if error is not None or results is None:
-                log.error(
-                    "inserting %d revisions into %s failed: %s",
-                    len(items),
-                    collection.full_name,
-                    error,
-                )
+                if error is None or storage_error(error) is None:
+                    # A storage failure (full disk, lock) is logged once per episode by the
+                    # session that answers the peer; anything else is logged here.
+                    log.error(
+                        "inserting %d revisions into %s failed: %s",
+                        len(items),
+                        collection.full_name,
+                        error,
+                    )
                 for _, future in items:
                     if not future.done():
                         future.set_exception(error or RuntimeError("no result"))
