@@ -32,13 +32,17 @@ import os
 import signal
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 from _pytest.reports import TestReport
 from _pytest.runner import runtestprotocol
+from tests.interop.fieldsync_side import ConnectionRecorder
 from tests.interop.litecore import CblTools, LiteCore, LiteDatabase
+
+from fieldsync.listener import URLEndpointListener, URLEndpointListenerConfiguration
+from fieldsync.store import Database
 
 LIB_ENV = "FIELDSYNC_LITECORE_LIB"
 LIB41_ENV = "FIELDSYNC_LITECORE41_LIB"
@@ -179,6 +183,34 @@ def _load(
     lc.enable_log(os.environ.get("FIELDSYNC_LITECORE_LOG_LEVEL", "verbose"), log)
     _log_paths[tag] = Path(log)
     return lc
+
+
+# -- the device side most interop tests share (a test module overrides what it needs) -----------
+
+
+@pytest.fixture
+def device_db(tmp_path: Path) -> Iterator[Database]:
+    """The device's database, in a fresh folder."""
+    db = Database.open(tmp_path / "device", create=True)
+    yield db
+    db.close()
+
+
+@pytest.fixture
+async def listener(device_db: Database) -> AsyncIterator[URLEndpointListener]:
+    """fieldsync's listener serving ``device_db`` on a free loopback port, plain ws://."""
+    server = URLEndpointListener(
+        URLEndpointListenerConfiguration(database=device_db, port=0, disable_tls=True)
+    )
+    await server.start()
+    yield server
+    await server.stop()
+
+
+@pytest.fixture
+def connections(monkeypatch: pytest.MonkeyPatch) -> ConnectionRecorder:
+    """Every connection the listener makes, open or closed (see ConnectionRecorder)."""
+    return ConnectionRecorder(monkeypatch)
 
 
 @pytest.fixture(scope="session")

@@ -6,8 +6,6 @@ without ``FIELDSYNC_LITECORE_LIB``."""
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,24 +14,6 @@ from tests.interop.litecore import LiteDatabase, pushed_doc_ids
 
 listener_mod = pytest.importorskip("fieldsync.listener", reason="fieldsync.listener not importable")
 store_mod = pytest.importorskip("fieldsync.store", reason="fieldsync.store not importable")
-
-
-@pytest.fixture
-def device_db(tmp_path: Path) -> Iterator[Any]:
-    db = store_mod.Database.open(tmp_path / "device", create=True)
-    yield db
-    db.close()
-
-
-@pytest.fixture
-async def listener(device_db: Any) -> AsyncIterator[Any]:
-    config = listener_mod.URLEndpointListenerConfiguration(
-        database=device_db, port=0, disable_tls=True
-    )
-    server = listener_mod.URLEndpointListener(config)
-    await server.start()
-    yield server
-    await server.stop()
 
 
 async def test_phone_proves_a_blob_the_device_already_holds(

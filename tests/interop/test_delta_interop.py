@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import base64
 import random
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -50,18 +50,6 @@ def _big_body(seed: str) -> dict[str, Any]:
     body: dict[str, Any] = {f"f{k:02}": _text(rng, FIELD_CHARS) for k in range(FIELDS)}
     body["meta"] = {"seed": seed, "tags": ["a", "b", {"deep": [1, 2.5, None, True]}]}
     return body
-
-
-@pytest.fixture
-def device_db(tmp_path: Path) -> Iterator[Any]:
-    db = store_mod.Database.open(tmp_path / "device", create=True)
-    yield db
-    db.close()
-
-
-@pytest.fixture
-def connections(monkeypatch: pytest.MonkeyPatch) -> ConnectionRecorder:
-    return ConnectionRecorder(monkeypatch)
 
 
 async def _listener(device_db: Any, delta: bool) -> Any:

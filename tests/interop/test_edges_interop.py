@@ -5,8 +5,6 @@ mode, large documents and blobs, and docID-filtered replication. Skipped without
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,26 +24,9 @@ store_mod = pytest.importorskip("fieldsync.store", reason="fieldsync.store not i
 
 
 @pytest.fixture
-def device_db(tmp_path: Path) -> Iterator[Any]:
-    db = store_mod.Database.open(tmp_path / "device", create=True)
-    yield db
-    db.close()
-
-
-@pytest.fixture
-def connections(monkeypatch: pytest.MonkeyPatch) -> ConnectionRecorder:
-    return ConnectionRecorder(monkeypatch)
-
-
-@pytest.fixture
-async def listener(device_db: Any, connections: ConnectionRecorder) -> AsyncIterator[Any]:
-    config = listener_mod.URLEndpointListenerConfiguration(
-        database=device_db, port=0, disable_tls=True
-    )
-    server = listener_mod.URLEndpointListener(config)
-    await server.start()
-    yield server
-    await server.stop()
+def listener(listener: Any, connections: ConnectionRecorder) -> Any:
+    """conftest's listener, with every connection it makes recorded."""
+    return listener
 
 
 async def test_named_collections_resume_from_checkpoints(

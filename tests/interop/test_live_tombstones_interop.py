@@ -10,7 +10,7 @@ the initial dump of existing docs, not to 'live' changes"). Skipped without
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,17 +38,6 @@ def device_db(tmp_path: Path) -> Iterator[Any]:
         db.default_collection.save_document(f"r{i}", {"i": i})
     yield db
     db.close()
-
-
-@pytest.fixture
-async def listener(device_db: Any) -> AsyncIterator[Any]:
-    config = listener_mod.URLEndpointListenerConfiguration(
-        database=device_db, port=0, disable_tls=True
-    )
-    server = listener_mod.URLEndpointListener(config)
-    await server.start()
-    yield server
-    await server.stop()
 
 
 async def test_live_deletion_reaches_a_fresh_phone(

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,24 +23,6 @@ listener_mod = pytest.importorskip("fieldsync.listener", reason="fieldsync.liste
 store_mod = pytest.importorskip("fieldsync.store", reason="fieldsync.store not importable")
 
 DAY = 86400.0
-
-
-@pytest.fixture
-def device_db(tmp_path: Path) -> Iterator[Any]:
-    db = store_mod.Database.open(tmp_path / "device", create=True)
-    yield db
-    db.close()
-
-
-@pytest.fixture
-async def listener(device_db: Any) -> AsyncIterator[Any]:
-    config = listener_mod.URLEndpointListenerConfiguration(
-        database=device_db, port=0, disable_tls=True
-    )
-    server = listener_mod.URLEndpointListener(config)
-    await server.start()
-    yield server
-    await server.stop()
 
 
 def _compact(db: Any, now: float, **policy: Any) -> Any:

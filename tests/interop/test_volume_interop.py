@@ -7,7 +7,6 @@ documents move after that. Skipped without ``FIELDSYNC_LITECORE_LIB``.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,26 +37,9 @@ def _body(origin: str, i: int) -> dict[str, Any]:
 
 
 @pytest.fixture
-def device_db(tmp_path: Path) -> Iterator[Any]:
-    db = store_mod.Database.open(tmp_path / "device", create=True)
-    yield db
-    db.close()
-
-
-@pytest.fixture
-def connections(monkeypatch: pytest.MonkeyPatch) -> ConnectionRecorder:
-    return ConnectionRecorder(monkeypatch)
-
-
-@pytest.fixture
-async def listener(device_db: Any, connections: ConnectionRecorder) -> AsyncIterator[Any]:
-    config = listener_mod.URLEndpointListenerConfiguration(
-        database=device_db, port=0, disable_tls=True
-    )
-    server = listener_mod.URLEndpointListener(config)
-    await server.start()
-    yield server
-    await server.stop()
+def listener(listener: Any, connections: ConnectionRecorder) -> Any:
+    """conftest's listener, with every connection it makes recorded."""
+    return listener
 
 
 def _fill_device(device_db: Any, ids: list[str], origin: str) -> None:

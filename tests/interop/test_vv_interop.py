@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import base64
 import random
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -34,13 +34,6 @@ store_mod = pytest.importorskip("fieldsync.store", reason="fieldsync.store not i
 legacy_version = pytest.importorskip("fieldsync.store.versions").legacy_version
 
 
-@pytest.fixture
-def device_db(tmp_path: Path) -> Iterator[Any]:
-    db = store_mod.Database.open(tmp_path / "device", create=True)
-    yield db
-    db.close()
-
-
 async def _start(device_db: Any, *, delta: bool = False, port: int = 0) -> Any:
     config = listener_mod.URLEndpointListenerConfiguration(
         database=device_db, port=port, disable_tls=True, enable_delta_sync=delta
@@ -55,11 +48,6 @@ async def listener(device_db: Any) -> AsyncIterator[Any]:
     server = await _start(device_db)
     yield server
     await server.stop()
-
-
-@pytest.fixture
-def connections(monkeypatch: pytest.MonkeyPatch) -> ConnectionRecorder:
-    return ConnectionRecorder(monkeypatch)
 
 
 async def sync(
