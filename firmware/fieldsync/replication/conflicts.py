@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from fieldsync.replication.ports import Transactional
 from fieldsync.store import IncomingRevision, InsertResult, revid
 
 __all__ = [
@@ -130,11 +130,7 @@ class ResolvableCollection(Protocol):
     def insert_revisions(self, revs: Sequence[IncomingRevision]) -> list[InsertResult]: ...
 
     @property
-    def database(self) -> _Transactional: ...
-
-
-class _Transactional(Protocol):
-    def transaction(self) -> AbstractContextManager[object]: ...
+    def database(self) -> Transactional: ...
 
 
 def apply(collection: ResolvableCollection, conflict: Conflict, outcome: Outcome) -> None:

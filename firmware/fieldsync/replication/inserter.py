@@ -22,9 +22,11 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
 
 from fieldsync.replication.messages import INSERTION_BATCH_SIZE, INSERTION_DELAY
-from fieldsync.replication.ports import ReplicatedCollection
+from fieldsync.replication.ports import ReplicatedCollection, Transactional
 from fieldsync.store import IncomingRevision, InsertResult
 from fieldsync.store.errors import storage_error
 from fieldsync.store.models import IncomingVersioned
@@ -46,8 +48,18 @@ _Group = tuple[
     Callable[[Sequence[Incoming]], list[InsertResult]],
 ]
 _Outcome = tuple[list[InsertResult] | None, BaseException | None]
-# Batches waiting for the writer thread: (groups, loop, future of their outcomes).
-_Entry = tuple[list[_Group], asyncio.AbstractEventLoop, "asyncio.Future[list[_Outcome]]"]
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    """One session's batch waiting for the writer thread."""
+
+    groups: list[_Group]
+    database: Transactional | None
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[list[_Outcome]]
+
+
 _queue: list[_Entry] = []
 _queue_lock = threading.Lock()
 _drain_scheduled = False
@@ -57,8 +69,15 @@ class Inserter:
     """Collects revisions per collection and commits them in batches."""
 
     def __init__(
-        self, *, batch_size: int = INSERTION_BATCH_SIZE, delay: float = INSERTION_DELAY
+        self,
+        database: Transactional | None = None,
+        *,
+        batch_size: int = INSERTION_BATCH_SIZE,
+        delay: float = INSERTION_DELAY,
     ) -> None:
+        """``database``: where the collections live; batches of several sessions on the same
+        database then share one transaction (None: each batch commits on its own)."""
+        self._database = database
         self._batch_size = batch_size
         self._delay = delay
         self._pending: list[
@@ -105,7 +124,7 @@ class Inserter:
                 group = groups[(id(collection), versioned)] = (collection, [], insert)
             group[1].append((revision, future))
         batch = list(groups.values())
-        committing = _submit(batch)
+        committing = _submit(batch, self._database)
         self._committing = committing
         committing.add_done_callback(lambda done: self._committed(batch, done))
 
@@ -150,14 +169,14 @@ class Inserter:
             self.flush()
 
 
-def _submit(batch: list[_Group]) -> asyncio.Future[list[_Outcome]]:
+def _submit(batch: list[_Group], database: Transactional | None) -> asyncio.Future[list[_Outcome]]:
     """Queue a batch for the writer thread; the future resolves (on this loop) after the
     transaction holding it committed."""
     global _drain_scheduled
     loop = asyncio.get_running_loop()
     future: asyncio.Future[list[_Outcome]] = loop.create_future()
     with _queue_lock:
-        _queue.append((batch, loop, future))
+        _queue.append(_Entry(batch, database, loop, future))
         schedule = not _drain_scheduled
         _drain_scheduled = True
     if schedule:
@@ -174,27 +193,29 @@ def _drain() -> None:
         _drain_scheduled = False
     by_database: dict[int, list[_Entry]] = {}
     for entry in work:
-        database = getattr(entry[0][0][0], "database", None) if entry[0] else None
-        by_database.setdefault(id(database), []).append(entry)
+        key = id(entry.database) if entry.database is not None else id(entry)
+        by_database.setdefault(key, []).append(entry)
     for entries in by_database.values():
-        first = entries[0][0][0][0] if entries[0][0] else None
-        transaction = getattr(getattr(first, "database", None), "transaction", None)
-        if len(entries) == 1:
-            transaction = None  # one session's batch: its inserts commit on their own, as ever
+        database = entries[0].database
+        shared: AbstractContextManager[object] = (
+            database.transaction()
+            if database is not None and len(entries) > 1
+            else contextlib.nullcontext()  # one session's batch commits on its own, as ever
+        )
         results: list[list[_Outcome]] = []
         try:
-            with transaction() if transaction is not None else contextlib.nullcontext():
-                for groups, _loop, _future in entries:
-                    outcomes = _commit_all(groups)
+            with shared:
+                for entry in entries:
+                    outcomes = _commit_all(entry.groups)
                     failed = next((error for _r, error in outcomes if error is not None), None)
-                    if failed is not None:  # a storage error: none of this commit is durable
-                        raise failed
+                    if failed is not None and len(entries) > 1:
+                        raise failed  # a storage error: none of the shared commit is durable
                     results.append(outcomes)
         except Exception as exc:
-            results = [[(None, exc)] * len(groups) for groups, _loop, _future in entries]
-        for (_groups, loop, future), outcomes in zip(entries, results, strict=True):
+            results = [[(None, exc)] * len(entry.groups) for entry in entries]
+        for entry, outcomes in zip(entries, results, strict=True):
             with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits
-                loop.call_soon_threadsafe(_resolve, future, outcomes)
+                entry.loop.call_soon_threadsafe(_resolve, entry.future, outcomes)
 
 
 def _resolve(future: asyncio.Future[list[_Outcome]], outcomes: list[_Outcome]) -> None:

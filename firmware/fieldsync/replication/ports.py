@@ -9,6 +9,7 @@ Add a method here before replication starts calling it on the store.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager
 from typing import Protocol
 
 from fieldsync.replication.decisions import RevisionLookup
@@ -84,7 +85,15 @@ class BlobAccess(Protocol):
     def writer(self, expected_digest: str | None = None) -> BlobWriter: ...
 
 
-class ReplicatedDatabase(Protocol):
+class Transactional(Protocol):
+    """A database that can group writes into one durable transaction."""
+
+    def transaction(self) -> AbstractContextManager[object]:
+        """One durable transaction around several writes (nested ones are savepoints)."""
+        ...
+
+
+class ReplicatedDatabase(Transactional, Protocol):
     """A database of the store: checkpoints, local values, blobs and change notification."""
 
     @property

@@ -92,7 +92,7 @@ class ReplicationSession:
         self.router = router
         self.stats = stats or ReplicationStats()
         self.stats.byte_counter = blip.protocol
-        self.inserter = Inserter()
+        self.inserter = Inserter(database)
         self.blobs = BlobServer(database, self.stats)
         self.puller = Puller(
             blip,
