@@ -5,26 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from tests.listener.raw_blip import RawClient
 
-from fieldsync.listener import URLEndpointListener, URLEndpointListenerConfiguration
 from fieldsync.store import Database, IncomingRevision
-
-
-@pytest.fixture
-async def served(tmp_path: Path) -> AsyncIterator[tuple[URLEndpointListener, Database]]:
-    db = Database.open(tmp_path / "db")
-    listener = URLEndpointListener(
-        URLEndpointListenerConfiguration(database=db, port=0, disable_tls=True)
-    )
-    await listener.start()
-    yield listener, db
-    await listener.stop()
-    db.close()
 
 
 def nested(depth: int) -> bytes:

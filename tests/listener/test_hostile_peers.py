@@ -11,8 +11,6 @@ import gc
 import random
 import weakref
 import zlib
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,23 +19,11 @@ from websockets.asyncio.client import ClientConnection, connect
 from fieldsync.blip import BLIPSession
 from fieldsync.blip.frame import MORE_COMING, MessageType, decode_header, encode_header
 from fieldsync.blip.varint import encode_uvarint
-from fieldsync.listener import URLEndpointListener, URLEndpointListenerConfiguration
+from fieldsync.listener import URLEndpointListener
 from fieldsync.store import Database
 
 MiB = 1024 * 1024
 SUBPROTOCOL = "BLIP_3+CBMobile_3"
-
-
-@pytest.fixture
-async def served(tmp_path: Path) -> AsyncIterator[tuple[URLEndpointListener, Database]]:
-    db = Database.open(tmp_path / "db")
-    listener = URLEndpointListener(
-        URLEndpointListenerConfiguration(database=db, port=0, disable_tls=True)
-    )
-    await listener.start()
-    yield listener, db
-    await listener.stop()
-    db.close()
 
 
 def url(listener: URLEndpointListener) -> str:

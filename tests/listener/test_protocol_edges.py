@@ -4,28 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 from tests.listener.raw_blip import RawClient
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
-
-from fieldsync.listener import URLEndpointListener, URLEndpointListenerConfiguration
-from fieldsync.store import Database
-
-
-@pytest.fixture
-async def served(tmp_path: Path) -> AsyncIterator[tuple[URLEndpointListener, Database]]:
-    db = Database.open(tmp_path / "db")
-    listener = URLEndpointListener(
-        URLEndpointListenerConfiguration(database=db, port=0, disable_tls=True)
-    )
-    await listener.start()
-    yield listener, db
-    await listener.stop()
-    db.close()
 
 
 async def test_101_echoes_the_subprotocol(served) -> None:

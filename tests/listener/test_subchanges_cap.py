@@ -3,29 +3,24 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 from tests.listener.raw_blip import RawClient
 
-from fieldsync.listener import URLEndpointListener, URLEndpointListenerConfiguration
+from fieldsync.listener import URLEndpointListener
 from fieldsync.store import Database
 
 
 @pytest.fixture
-async def served(tmp_path: Path) -> AsyncIterator[tuple[URLEndpointListener, Database]]:
-    db = Database.open(tmp_path / "db")
+def served(
+    served: tuple[URLEndpointListener, Database],
+) -> tuple[URLEndpointListener, Database]:
+    """conftest's listener, its database holding 20 documents."""
+    _, db = served
     with db.transaction():
         for i in range(20):
             db.default_collection.save_document(f"d{i}", {"i": i})
-    listener = URLEndpointListener(
-        URLEndpointListenerConfiguration(database=db, port=0, disable_tls=True)
-    )
-    await listener.start()
-    yield listener, db
-    await listener.stop()
-    db.close()
+    return served
 
 
 async def test_300_subchanges_on_one_connection_open_one_feed(served) -> None:
