@@ -18,7 +18,6 @@ import base64
 import collections
 import contextlib
 import json
-import os
 import socket
 import statistics
 import subprocess
@@ -28,6 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fuzz_listener import read_cpu_seconds, read_rss_kb  # scripts/ is on sys.path
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
@@ -83,26 +83,12 @@ async def attempt(port: int, password: str, source: str) -> int:
     return 101
 
 
-def rss_kb(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
-
-
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 async def flood(port: int, pid: int, seconds: float, concurrency: int) -> dict[str, Any]:
     answers: collections.Counter[int] = collections.Counter()
     phone_ms: list[float] = []
     phone_status: collections.Counter[int] = collections.Counter()
     stop = time.monotonic() + seconds
-    rss0, cpu0 = rss_kb(pid), cpu_seconds(pid)
+    rss0, cpu0 = read_rss_kb(pid), read_cpu_seconds(pid)
     peak = rss0
 
     async def attacker(n: int) -> None:
@@ -122,7 +108,7 @@ async def flood(port: int, pid: int, seconds: float, concurrency: int) -> dict[s
     async def sample() -> None:
         nonlocal peak
         while time.monotonic() < stop:
-            peak = max(peak, rss_kb(pid))
+            peak = max(peak, read_rss_kb(pid))
             await asyncio.sleep(0.2)
 
     await asyncio.gather(*(attacker(n) for n in range(concurrency)), phone(), sample())
@@ -135,8 +121,8 @@ async def flood(port: int, pid: int, seconds: float, concurrency: int) -> dict[s
         "phone_statuses": {str(k): v for k, v in phone_status.items()},
         "phone_connect_ms_median": round(statistics.median(phone_ms), 1) if phone_ms else None,
         "phone_connect_ms_max": round(max(phone_ms), 1) if phone_ms else None,
-        "listener_cpu_seconds": round(cpu_seconds(pid) - cpu0, 2),
-        "listener_cpu_share": round((cpu_seconds(pid) - cpu0) / seconds, 2),
+        "listener_cpu_seconds": round(read_cpu_seconds(pid) - cpu0, 2),
+        "listener_cpu_share": round((read_cpu_seconds(pid) - cpu0) / seconds, 2),
         "listener_rss_kb_start": rss0,
         "listener_rss_kb_peak": peak,
     }
