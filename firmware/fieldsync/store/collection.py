@@ -139,17 +139,7 @@ class Collection:
             "WHERE d.collection = ? AND d.doc_id = ?",
             params,
         )
-        if not rows:
-            return None
-        found_rev, sequence, deleted, body, hlv = rows[0]
-        return Revision(
-            doc_id,
-            found_rev,
-            sequence,
-            bool(deleted),
-            bytes(body) if body is not None else None,
-            doc_versions.parse_stored(hlv),
-        )
+        return _revision(doc_id, rows[0]) if rows else None
 
     def rev_history(self, doc_id: str, rev_id: str) -> list[str]:
         """``rev_id`` followed by its known ancestors, newest first; empty if unknown."""
@@ -511,17 +501,7 @@ class Collection:
             "JOIN revs r ON r.doc = d.id AND r.cv = ? WHERE d.collection = ? AND d.doc_id = ?",
             (str(version), self.id, doc_id),
         )
-        if not rows:
-            return None
-        rev_id, sequence, deleted, body, hlv = rows[0]
-        return Revision(
-            doc_id,
-            rev_id,
-            sequence,
-            bool(deleted),
-            bytes(body) if body is not None else None,
-            doc_versions.parse_stored(hlv),
-        )
+        return _revision(doc_id, rows[0]) if rows else None
 
     def get_peer_legacy(self, doc_id: str, peer: str) -> str | None:
         """The ``lastLegacyRevID`` a 4.x phone last showed for this document: a revID, ``''``
@@ -792,6 +772,19 @@ class Collection:
             "SELECT hlv FROM revs WHERE doc = ? AND rev_id = ?", (row.id, winner)
         ).fetchone()
         return str(found[0]) if found and found[0] is not None else None
+
+
+def _revision(doc_id: str, row: Sequence[Any]) -> Revision:
+    """A Revision from a ``(rev_id, sequence, deleted, body, hlv)`` row."""
+    rev_id, sequence, deleted, body, hlv = row
+    return Revision(
+        doc_id,
+        rev_id,
+        sequence,
+        bool(deleted),
+        bytes(body) if body is not None else None,
+        doc_versions.parse_stored(hlv),
+    )
 
 
 def _own_time(a: HLV, b: HLV, me: SourceID) -> int:
