@@ -16,9 +16,7 @@ import argparse
 import asyncio
 import base64
 import collections
-import contextlib
 import json
-import socket
 import statistics
 import subprocess
 import sys
@@ -27,7 +25,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fuzz_listener import read_cpu_seconds, read_rss_kb  # scripts/ is on sys.path
+from fuzz_listener import (  # scripts/ is on sys.path
+    free_port,
+    read_cpu_seconds,
+    read_rss_kb,
+    wait_for_listener,
+)
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
@@ -135,19 +138,12 @@ def main() -> int:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
+        port = free_port()
         child = subprocess.Popen([sys.executable, "-c", _LISTENER, f"{tmp}/db", str(port)])
         try:
-            deadline = time.monotonic() + 30
-            while True:
-                with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port)):
-                    break
-                if time.monotonic() > deadline or child.poll() is not None:
-                    print("listener did not start", file=sys.stderr)
-                    return 1
-                time.sleep(0.1)
+            if not wait_for_listener(port, child):
+                print("listener did not start", file=sys.stderr)
+                return 1
             report = asyncio.run(flood(port, child.pid, args.seconds, args.concurrency))
         finally:
             child.kill()

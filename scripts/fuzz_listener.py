@@ -389,6 +389,17 @@ async def keep_syncing(port: int, report: Report, stop: threading.Event) -> None
         reader.cancel()
 
 
+def wait_for_listener(port: int, child: subprocess.Popen[bytes], timeout: float = 30) -> bool:
+    """Whether the listener in ``child`` accepts connections on ``port`` within ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port)):
+            return True
+        if time.monotonic() > deadline or child.poll() is not None:
+            return False
+        time.sleep(0.1)
+
+
 def read_rss_kb(pid: int) -> int:
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -515,14 +526,9 @@ def main() -> int:
             stderr=open(f"{tmp}/listener.log", "w"),  # noqa: SIM115
         )
         try:
-            deadline = time.monotonic() + 30
-            while True:
-                with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port)):
-                    break
-                if time.monotonic() > deadline or child.poll() is not None:
-                    print("listener did not start", file=sys.stderr)
-                    return 1
-                time.sleep(0.1)
+            if not wait_for_listener(port, child):
+                print("listener did not start", file=sys.stderr)
+                return 1
             report = asyncio.run(
                 fuzz(port, args.cases, args.seed, args.concurrency, child.pid, progress=True)
             )
