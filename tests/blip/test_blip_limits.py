@@ -64,12 +64,63 @@ def test_deflate_bomb_is_refused_while_inflating(bad_crc: bool) -> None:
     assert peak < 3 * MiB
 
 
-def test_default_cap_admits_a_50_mb_message() -> None:
+def test_default_cap_admits_a_50_mb_message_without_holding_it() -> None:
+    """A 50 MB document arrives whole, but in a spool file: the engine's own memory stays
+    within its in-memory allowance (2 MiB) while it inflates and assembles it."""
     peer = Peer()
     protocol = BLIPProtocol()
     body = b"x" * (50 * 1000 * 1000)
-    events = protocol.receive_frame(peer.deflated(1, MSG, start() + body))
-    assert len(events) == 1 and len(events[0].message.body) == len(body)
+    frame = peer.deflated(1, MSG, start() + body)
+    tracemalloc.start()
+    try:
+        events = protocol.receive_frame(frame)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 * MiB
+    assert protocol.peak_incoming_memory <= protocol.limits.max_incoming_memory
+    (event,) = events
+    spooled = event.message.spooled
+    assert event.message.body == b"" and spooled is not None and spooled.size == len(body)
+    assert spooled.read() == body
+    spooled.close()
+
+
+def test_partial_messages_keep_one_memory_allowance() -> None:
+    """Many requests half-sent at once share the in-memory allowance: beyond it their bodies
+    go to spool files, and every message still arrives intact."""
+    peer = Peer()
+    protocol = limited(max_incoming_memory=1 * MiB)
+    chunk = bytes(range(256)) * 1200  # 300 KB
+    for number in range(1, 9):
+        assert protocol.receive_frame(peer.plain(number, MSG | MORE_COMING, start() + chunk)) == []
+    assert protocol.peak_incoming_memory <= 1 * MiB
+    messages = [protocol.receive_frame(peer.plain(n, MSG, b"!"))[0].message for n in range(1, 9)]
+    bodies = [m.read_body() for m in messages]
+    assert bodies == [chunk + b"!"] * 8
+    assert sum(m.spooled is not None for m in messages) >= 5  # only ~3 fit in 1 MiB
+
+
+def test_spool_files_share_one_budget_per_process() -> None:
+    """Spooled bytes of every connection draw on one budget: past it, 1009."""
+    from fieldsync.blip.spool import SPOOL_BUDGET
+
+    peer = Peer()
+    protocol = limited(max_incoming_memory=256 * 1024)
+    before = SPOOL_BUDGET.used
+    SPOOL_BUDGET.used = SPOOL_BUDGET.limit - 1 * MiB  # as if other peers held the rest
+    try:
+        with pytest.raises(BLIPProtocolError) as refused:
+            for number in range(1, 20):
+                protocol.receive_frame(
+                    peer.plain(number, MSG | MORE_COMING, start() + b"s" * 300_000)
+                )
+        assert refused.value.close_code == 1009
+        assert "temporary files" in str(refused.value)
+        protocol.release()
+        assert SPOOL_BUDGET.used == SPOOL_BUDGET.limit - 1 * MiB  # released spools gave back
+    finally:
+        SPOOL_BUDGET.used = before
 
 
 def test_partial_messages_share_one_budget() -> None:
@@ -108,8 +159,8 @@ def test_released_protocol_holds_nothing() -> None:
 
 
 def test_inflating_off_the_loop_gives_the_same_messages() -> None:
-    """What the session does for big compressed frames (inflate in a worker thread, then hand
-    the pieces over) yields exactly what receiving the frame directly does."""
+    """What the session does for big compressed frames (prepare on the loop, inflate in a
+    worker thread, then receive) yields exactly what receiving the frame directly does."""
     body = b"field notes, again and again " * 20_000
     frames = []
     peer = Peer()
@@ -119,10 +170,10 @@ def test_inflating_off_the_loop_gives_the_same_messages() -> None:
     got_direct = [e for f in frames for e in direct.receive_frame(f)]
     got_split = []
     for frame in frames:
-        limit = split.inflate_limit(frame)
-        assert limit is not None and limit <= split.limits.max_message_size
-        pieces = split.inflate_frame(frame, limit)
-        got_split += split.receive_frame(frame, inflated=pieces)
+        prepared = split.prepare_frame(frame)
+        assert prepared is not None and prepared.limit <= split.limits.max_message_size
+        split.add_prepared(prepared)
+        got_split += split.receive_frame(frame, prepared=prepared)
     assert [e.message.body for e in got_split] == [e.message.body for e in got_direct]
     assert got_split[0].message.body == body
 
@@ -131,9 +182,11 @@ def test_off_loop_inflation_stops_at_the_budget() -> None:
     peer = Peer()
     protocol = limited(max_message_size=1 * MiB)
     bomb = peer.deflated(1, MSG, start() + b"\0" * (8 * MiB))
-    limit = protocol.inflate_limit(bomb)
-    assert limit == 1 * MiB
+    prepared = protocol.prepare_frame(bomb)
+    assert prepared is not None and prepared.limit == 1 * MiB
     with pytest.raises(BLIPProtocolError) as refused:
-        protocol.inflate_frame(bomb, limit)
+        protocol.add_prepared(prepared)
     assert refused.value.close_code == 1009
-    assert protocol.inflate_limit(peer.plain(2, MSG, start())) is None  # not compressed
+    with pytest.raises(BLIPProtocolError, match="already failed"):
+        protocol.receive_frame(bomb, prepared=prepared)
+    assert BLIPProtocol().prepare_frame(peer.plain(1, MSG, start())) is None  # not compressed

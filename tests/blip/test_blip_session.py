@@ -129,7 +129,7 @@ def setup_handlers(session: BLIPSession) -> None:
         ("silent", silent),
         ("note", note),
     ]:
-        session.register(name, fn)
+        session.register(name, fn, large_bodies=name == "echo")
 
 
 async def test_request_response() -> None:

@@ -137,6 +137,8 @@ async def test_request_streamed_past_the_message_cap_is_refused_1009(served) -> 
     assert code == 1009
     # refused at the cap, not after everything was buffered:
     assert server.protocol.bytes_received <= 65 * MiB < sent
+    # and what it did receive waited on disk, not in memory:
+    assert server.protocol.peak_incoming_memory <= server.protocol.limits.max_incoming_memory
     await still_served(listener)
 
 
@@ -200,6 +202,7 @@ async def test_deflate_bomb_stops_at_the_cap(served, bad_crc: bool) -> None:
         pass
     code = await closed_by_server(server)
     assert code == (1002 if bad_crc else 1009)
+    assert server.protocol.peak_incoming_memory <= server.protocol.limits.max_incoming_memory
     await still_served(listener)
 
 

@@ -10,9 +10,8 @@ from __future__ import annotations
 import zlib
 from collections.abc import Iterator
 
-from .errors import BLIPLimitExceeded, BLIPProtocolError
+from .errors import BLIPProtocolError
 from .frame import CHECKSUM_SIZE
-from .limits import CLOSE_MESSAGE_TOO_BIG
 
 __all__ = ["SYNC_FLUSH_TRAILER", "Deflater", "Inflater", "deflate_bound"]
 
@@ -94,24 +93,6 @@ class Inflater:
             raise BLIPProtocolError(f"invalid deflate data in compressed frame: {exc}") from None
         if z.eof:
             raise BLIPProtocolError("invalid deflate data: compressed stream was terminated")
-
-    def inflate_bounded(self, data: Buffer, limit: int) -> list[bytes]:
-        """Inflate one frame's body whole, refusing (:class:`BLIPLimitExceeded`) as soon as
-        its output passes ``limit`` bytes. Blocking and CPU-bound (zlib and CRC release the
-        GIL): the asyncio session runs it in a worker thread for large frames."""
-        pieces: list[bytes] = []
-        total = 0
-        for piece in self.inflate(data):
-            total += len(piece)
-            if total > limit:
-                pieces.clear()  # the exception's traceback must not keep them alive
-                raise BLIPLimitExceeded(
-                    f"a compressed frame inflates past the {limit}-byte limit for incoming "
-                    "messages",
-                    CLOSE_MESSAGE_TOO_BIG,
-                )
-            pieces.append(piece)
-        return pieces
 
     def verify(self, trailer: Buffer) -> None:
         """Check a received frame's 4-byte checksum against the running CRC32."""

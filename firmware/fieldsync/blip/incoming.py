@@ -8,6 +8,7 @@ from .frame import CHECKSUM_SIZE, COMPRESSED, MORE_COMING, MessageType
 from .limits import CLOSE_MESSAGE_TOO_BIG
 from .message import Message
 from .properties import MAX_PROPERTIES_SIZE, decode_properties
+from .spool import Spool
 from .varint import decode_uvarint
 
 __all__ = ["ACK_INTERVAL", "MessageAssembler"]
@@ -25,7 +26,8 @@ class MessageAssembler:
     """Collects the frames of one incoming request or reply.
 
     The body is kept as a list of chunks (views into received frames, or inflated output) and
-    joined once, when the last frame arrives.
+    joined once, when the last frame arrives; or, once it passes the memory allowance that
+    :meth:`add_frame` is given, written to a :class:`~fieldsync.blip.spool.Spool`.
     """
 
     __slots__ = (
@@ -33,7 +35,10 @@ class MessageAssembler:
         "_length_bytes",
         "_properties",
         "_properties_size",
+        "_spool",
+        "_spool_dir",
         "flags",
+        "memory",
         "number",
         "raw_bytes_received",
         "size",
@@ -41,7 +46,9 @@ class MessageAssembler:
         "unacked_bytes",
     )
 
-    def __init__(self, msg_type: MessageType, number: int, flags: int) -> None:
+    def __init__(
+        self, msg_type: MessageType, number: int, flags: int, spool_dir: str | None = None
+    ) -> None:
         self.type = msg_type
         self.number = number
         self.flags = flags & ~MORE_COMING
@@ -53,6 +60,10 @@ class MessageAssembler:
         self._properties_size = 0
         self._properties = bytearray()
         self._body: list[Buffer] = []
+        #: Bytes of this message held in memory (properties and unspooled body).
+        self.memory = 0
+        self._spool: Spool | None = None
+        self._spool_dir = spool_dir
 
     @property
     def _label(self) -> str:
@@ -64,15 +75,16 @@ class MessageAssembler:
         flags: int,
         codec: Inflater,
         limit: int | None = None,
-        inflated: list[bytes] | None = None,
+        memory: int | None = None,
     ) -> bool:
         """Add one frame's payload (everything after the header); return True if it was the last.
 
         Verifies the frame's checksum against ``codec``'s running CRC32. ``limit`` bounds
         :attr:`size`: it is checked on each inflated chunk, so a deflate bomb is refused
         (:class:`BLIPLimitExceeded`) after at most ``limit`` bytes of output, never inflated whole.
-        ``inflated``: the frame's data already inflated by ``codec.inflate_bounded`` (off the
-        event loop); its CRC is already counted.
+        ``memory`` bounds :attr:`memory`: body bytes beyond it go to a spool file, chunk by
+        chunk as they are inflated. This may run in a worker thread (a big compressed frame)
+        while nothing else touches this assembler or ``codec``.
         """
         self.raw_bytes_received += len(payload)
         self.unacked_bytes += len(payload)
@@ -82,11 +94,11 @@ class MessageAssembler:
             )
         data = payload[:-CHECKSUM_SIZE]
         if flags & COMPRESSED:
-            for piece in codec.inflate(data) if inflated is None else inflated:
-                self._add(memoryview(piece), limit)
+            for piece in codec.inflate(data):
+                self._add(memoryview(piece), limit, memory)
         else:
             codec.add_uncompressed(data)
-            self._add(data, limit)
+            self._add(data, limit, memory)
         codec.verify(payload[-CHECKSUM_SIZE:])
         if self._length_bytes is not None:
             raise BLIPProtocolError(
@@ -98,24 +110,33 @@ class MessageAssembler:
             raise BLIPProtocolError(f"{self._label} ends before the end of its properties")
         return True
 
-    def _add(self, data: memoryview, limit: int | None) -> None:
+    def _add(self, data: memoryview, limit: int | None, memory: int | None) -> None:
         self.size += len(data)
         if limit is not None and self.size > limit:
             raise BLIPLimitExceeded(
                 f"{self._label} is larger than the {limit}-byte limit for incoming messages",
                 CLOSE_MESSAGE_TOO_BIG,
             )
-        self._consume(data)
-
-    def _consume(self, data: memoryview) -> None:
         if self._length_bytes is not None:
             data = self._consume_length(data)
         missing = self._properties_size - len(self._properties)
         if missing > 0 and data:
             self._properties += data[:missing]
+            self.memory += min(missing, len(data))
             data = data[missing:]
-        if data:
+        if not data:
+            return
+        if self._spool is None and memory is not None and self.memory + len(data) > memory:
+            self._spool = Spool(self._spool_dir)
+            for chunk in self._body:
+                self._spool.write(chunk)
+            self.memory -= sum(len(chunk) for chunk in self._body)
+            self._body = []
+        if self._spool is not None:
+            self._spool.write(data)
+        else:
             self._body.append(data)
+            self.memory += len(data)
 
     def _consume_length(self, data: memoryview) -> memoryview:
         length_bytes = self._length_bytes
@@ -139,9 +160,20 @@ class MessageAssembler:
         return data[i:]
 
     def finish(self) -> Message:
-        """The complete message (call after :meth:`add_frame` returned True)."""
+        """The complete message (call after :meth:`add_frame` returned True); a spooled body
+        passes to the message (see :attr:`Message.spooled`)."""
         properties = decode_properties(self._properties)
         body = b"".join(self._body)
         self._body = []
         self._properties = bytearray()
-        return Message(self.type, self.number, self.flags, properties, body)
+        self.memory = 0
+        spool, self._spool = self._spool, None
+        return Message(self.type, self.number, self.flags, properties, body, spool)
+
+    def discard(self) -> None:
+        """Drop what was received (the connection ended before the message did)."""
+        self._body = []
+        self.memory = 0
+        if self._spool is not None:
+            self._spool.close()
+            self._spool = None

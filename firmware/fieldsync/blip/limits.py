@@ -11,7 +11,9 @@ from dataclasses import dataclass
 __all__ = [
     "CLOSE_MESSAGE_TOO_BIG",
     "CLOSE_POLICY_VIOLATION",
+    "CLOSE_TRY_AGAIN_LATER",
     "DEFAULT_LIMITS",
+    "MAX_SPOOLED_BYTES",
     "MAX_WEBSOCKET_MESSAGE",
     "BLIPLimits",
 ]
@@ -20,8 +22,19 @@ __all__ = [
 #: than 16 KiB (header included); twice that leaves room for other senders' headers.
 MAX_WEBSOCKET_MESSAGE = 32 * 1024
 
+#: The least ``max_incoming_memory``: a message's properties (at most 100 KiB, see
+#: ``properties.MAX_PROPERTIES_SIZE``) are always parsed in memory.
+MIN_INCOMING_MEMORY = 128 * 1024
+
+#: Bytes of incoming message bodies all connections of a process may keep in temporary files
+#: at once (see ``BLIPLimits.max_incoming_memory``): a message that would pass it closes its
+#: connection (1009), so hostile peers cannot fill the card with spool files.
+MAX_SPOOLED_BYTES = 256 * 1024 * 1024
+
 #: WebSocket close code for a message over a size limit (RFC 6455 "message too big").
 CLOSE_MESSAGE_TOO_BIG = 1009
+#: WebSocket close code for a failure of ours the peer may retry (RFC 6455 "try again later").
+CLOSE_TRY_AGAIN_LATER = 1013
 #: WebSocket close code for a peer breaking one of our limits (RFC 6455 "policy violation").
 CLOSE_POLICY_VIOLATION = 1008
 
@@ -34,6 +47,19 @@ class BLIPLimits:
     of every incoming message still being received together. Generous enough for a 50 MB
     document; a message above it closes the connection (WebSocket 1009), checked while
     inflating, so a deflate bomb stops at the limit.
+
+    ``max_incoming_memory``: uncompressed bytes of partly received messages kept in memory.
+    Beyond it, the body of the message being received goes to an anonymous temporary file
+    (in the session's ``spool_dir``), so a large document, or a
+    peer streaming junk up to ``max_message_size``, costs disk, not RAM. A spooled body is
+    read back only when its handler runs, one spooled message at a time per event loop.
+
+    ``max_ordinary_body``: the largest body of a request whose profile was not registered for
+    large bodies (``BLIPSession.register(..., large_bodies=True)``); larger ones get HTTP/413.
+
+    ``max_running_request_bytes``: bytes of requests whose handlers run at once (a handler
+    holds its request, and what it parses from it, until it finishes); one request larger
+    than it runs alone.
 
     ``max_open_requests``: peer requests whose handlers run at once; more than this many
     partially received requests close the connection (1008). Requests beyond it wait in a
@@ -52,6 +78,9 @@ class BLIPLimits:
     """
 
     max_message_size: int = 64 * 1024 * 1024
+    max_incoming_memory: int = 2 * 1024 * 1024
+    max_ordinary_body: int = 1024 * 1024
+    max_running_request_bytes: int = 4 * 1024 * 1024
     max_open_requests: int = 100
     max_queued_requests: int = 10_000
     max_queued_request_bytes: int = 8 * 1024 * 1024
@@ -62,6 +91,10 @@ class BLIPLimits:
     def __post_init__(self) -> None:
         if self.max_message_size < 1024:
             raise ValueError("max_message_size must be at least 1024 bytes")
+        if self.max_incoming_memory < MIN_INCOMING_MEMORY:
+            raise ValueError(f"max_incoming_memory must be at least {MIN_INCOMING_MEMORY} bytes")
+        if self.max_running_request_bytes < 0:
+            raise ValueError("max_running_request_bytes must not be negative")
         if self.max_open_requests < 1:
             raise ValueError("max_open_requests must be at least 1")
         if self.max_queued_requests < 0 or self.max_queued_request_bytes < 0:

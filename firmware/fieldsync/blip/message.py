@@ -5,19 +5,29 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .frame import COMPRESSED, NO_REPLY, URGENT, MessageType
+from .spool import Spool
 
 __all__ = ["Message"]
 
 
 @dataclass(frozen=True, slots=True)
 class Message:
-    """A fully received request, reply or error reply."""
+    """A fully received request, reply or error reply.
+
+    A large body arrives in a temporary file: then ``body`` is empty and ``spooled`` holds it
+    (:class:`~fieldsync.blip.session.BLIPSession` reads it back before a handler sees it).
+    """
 
     type: MessageType
     number: int  #: request number (replies carry the number of the request they answer)
     flags: int  #: message flags of the first frame (MoreComing cleared)
     properties: dict[str, str] = field(default_factory=dict)
     body: bytes = b""
+    spooled: Spool | None = None
+
+    def read_body(self) -> bytes:
+        """The body, read back from its spool file if it was spooled (blocking file I/O)."""
+        return self.body if self.spooled is None else self.spooled.read()
 
     @property
     def urgent(self) -> bool:
@@ -68,5 +78,5 @@ class Message:
         props = ", ".join(f"{k}={v!r}" for k, v in self.properties.items())
         return (
             f"<Message {self.type.name} #{self.number} flags=0x{self.flags:02x} {{{props}}} "
-            f"body={len(self.body)} bytes>"
+            f"body={len(self.body) if self.spooled is None else self.spooled.size} bytes>"
         )

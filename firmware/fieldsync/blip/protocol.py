@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
 from .compression import Deflater, Inflater
 from .errors import BLIPLimitExceeded, BLIPProtocolError
 from .events import Event, RequestReceived, ResponseReceived
 from .frame import (
     BIG_FRAME_SIZE,
-    CHECKSUM_SIZE,
     COMPRESSED,
     DEFAULT_FRAME_SIZE,
     NO_REPLY,
@@ -31,7 +31,7 @@ from .outgoing import OutgoingMessage
 from .properties import encode_properties
 from .varint import decode_uvarint
 
-__all__ = ["BLIPProtocol"]
+__all__ = ["BLIPProtocol", "PreparedFrame"]
 
 log = logging.getLogger("fieldsync.blip")
 
@@ -42,6 +42,21 @@ DEFAULT_COMPRESSION_LEVEL = 3
 
 Buffer = bytes | bytearray | memoryview
 Properties = Mapping[str, str] | Iterable[tuple[str, str]]
+
+
+@dataclass(slots=True)
+class PreparedFrame:
+    """A received message frame with its assembler and the budgets it may use; see
+    :meth:`BLIPProtocol.prepare_frame`."""
+
+    assembler: MessageAssembler
+    flags: int
+    payload: memoryview
+    size_before: int
+    memory_before: int
+    limit: int  #: uncompressed bytes the message may reach
+    memory: int  #: bytes of it that may stay in memory; the rest goes to a spool file
+    complete: bool | None = None  #: set by :meth:`BLIPProtocol.add_prepared`
 
 
 class BLIPProtocol:
@@ -58,8 +73,10 @@ class BLIPProtocol:
         *,
         compression_level: int = DEFAULT_COMPRESSION_LEVEL,
         limits: BLIPLimits | None = None,
+        spool_dir: str | None = None,
     ) -> None:
         self.limits = limits if limits is not None else DEFAULT_LIMITS
+        self.spool_dir = spool_dir
         self._deflater = Deflater(compression_level)
         self._inflater = Inflater()
         self._outbox = Outbox()
@@ -75,6 +92,10 @@ class BLIPProtocol:
         self._failure: str | None = None  # a message only: an exception would hold a frame cycle
         # Uncompressed bytes held by incoming messages still being received.
         self._incoming_bytes = 0
+        # Of those, bytes kept in memory (the rest is in spool files).
+        self._incoming_memory = 0
+        #: Most of them ever kept in memory at once.
+        self.peak_incoming_memory = 0
         #: Most uncompressed bytes incoming messages in progress ever held at once.
         self.peak_incoming_bytes = 0
         #: ACK frames received (a peer that stops ACKing leaves this unchanged).
@@ -196,10 +217,13 @@ class BLIPProtocol:
         """Drop every buffered message, in and out (the connection is gone)."""
         self._outbox = Outbox()
         self._icebox.clear()
+        for assembler in (*self._incoming_requests.values(), *self._awaiting_replies.values()):
+            if assembler is not None:
+                assembler.discard()  # closes its spool file at once
         self._incoming_requests.clear()
         self._awaiting_replies.clear()
         self._unanswered.clear()
-        self._incoming_bytes = 0
+        self._incoming_bytes = self._incoming_memory = 0
         if self._failure is None:
             self._failure = "connection released"
 
@@ -236,84 +260,114 @@ class BLIPProtocol:
 
     # ------------------------------------------------------------------ input
 
-    def receive_frame(self, data: Buffer, *, inflated: list[bytes] | None = None) -> list[Event]:
+    def receive_frame(self, data: Buffer, *, prepared: PreparedFrame | None = None) -> list[Event]:
         """Process one received frame; return the messages it completed.
 
-        ``inflated``: for a compressed frame, its data as :meth:`inflate_frame` returned it
-        (so the CPU-heavy part can run elsewhere). Raises :class:`BLIPProtocolError` on any
-        malformed or unexpected frame.
+        ``prepared``: the frame as :meth:`prepare_frame` returned it, after
+        :meth:`add_prepared` ran (so the CPU-heavy part can run elsewhere). Raises
+        :class:`BLIPProtocolError` on any malformed or unexpected frame.
         """
         if self._failure is not None:
             raise BLIPProtocolError(f"connection already failed: {self._failure}")
         try:
-            return self._receive(memoryview(data).cast("B"), inflated)
+            return self._receive(memoryview(data).cast("B"), prepared)
         except BLIPProtocolError as exc:
             self._failure = str(exc)
             raise
 
-    def inflate_limit(self, data: Buffer) -> int | None:
-        """For a compressed message frame: how many bytes its data may inflate to (what is left
-        of the incoming budget); ``None`` for any other frame. Pure, no state changes."""
-        try:
-            header = decode_header(data)
-        except BLIPProtocolError:
-            return None
-        if not header.compressed or header.type.is_ack:
-            return None
-        if header.type == MessageType.MSG:
-            assembler = self._incoming_requests.get(header.number)
-        else:
-            assembler = self._awaiting_replies.get(header.number)
-        size = assembler.size if assembler is not None else 0
-        return self.limits.max_message_size - (self._incoming_bytes - size) - size
-
-    def inflate_frame(self, data: Buffer, limit: int) -> list[bytes]:
-        """Inflate a compressed frame's data (header and CRC trailer skipped), at most
-        ``limit`` bytes. Touches only the incoming codec: it may run in a worker thread while
-        nothing else receives on this connection."""
+    def prepare_frame(self, data: Buffer) -> PreparedFrame | None:
+        """For a compressed message frame: its assembler and budgets, for :meth:`add_prepared`
+        to inflate it off the event loop; ``None`` for any other frame."""
+        if self._failure is not None:
+            raise BLIPProtocolError(f"connection already failed: {self._failure}")
         view = memoryview(data).cast("B")
-        header = decode_header(view)
-        if len(view) - header.size < CHECKSUM_SIZE:
-            raise BLIPProtocolError("truncated compressed frame: too short for a checksum")
-        return self._inflater.inflate_bounded(view[header.size : -CHECKSUM_SIZE], limit)
-
-    def _receive(self, frame: memoryview, inflated: list[bytes] | None = None) -> list[Event]:
-        self.bytes_received += len(frame)
-        header = decode_header(frame)
-        payload = frame[header.size :]
-        msg_type = header.type
-        if msg_type.is_ack:
-            self._receive_ack(header.number, msg_type == MessageType.ACKRPY, payload)
-            return []
-        if msg_type == MessageType.MSG:
-            assembler = self._request_assembler(header.number, header.flags)
-        else:
-            assembler = self._reply_assembler(header.number, msg_type, header.flags)
-        before = assembler.size
-        # Every message in progress shares one budget, so many partial messages cannot
-        # multiply the single-message limit.
-        limit = self.limits.max_message_size - (self._incoming_bytes - before)
         try:
-            complete = assembler.add_frame(payload, header.flags, self._inflater, limit, inflated)
-        finally:
-            self._incoming_bytes += assembler.size - before
-            if self._incoming_bytes > self.peak_incoming_bytes:
-                self.peak_incoming_bytes = self._incoming_bytes
+            header = decode_header(view)
+            if not header.compressed or header.type.is_ack:
+                return None
+            assembler = self._assembler(header.number, header.type, header.flags)
+        except BLIPProtocolError as exc:
+            self._failure = str(exc)
+            raise
+        return self._budgets(assembler, header.flags, view[header.size :])
+
+    def add_prepared(self, frame: PreparedFrame) -> None:
+        """Inflate a prepared frame into its message. Touches only the incoming codec and that
+        message's assembler: it may run in a worker thread while nothing else receives on this
+        connection. Then pass ``frame`` to :meth:`receive_frame`."""
+        try:
+            frame.complete = frame.assembler.add_frame(
+                frame.payload, frame.flags, self._inflater, frame.limit, frame.memory
+            )
+        except BLIPProtocolError as exc:
+            self._failure = str(exc)
+            raise
+
+    def _budgets(
+        self, assembler: MessageAssembler, flags: int, payload: memoryview
+    ) -> PreparedFrame:
+        # Every message in progress shares one budget, so many partial messages cannot
+        # multiply the single-message limit; likewise for the bytes they keep in memory.
+        limits = self.limits
+        return PreparedFrame(
+            assembler,
+            flags,
+            payload,
+            assembler.size,
+            assembler.memory,
+            limits.max_message_size - (self._incoming_bytes - assembler.size),
+            limits.max_incoming_memory - (self._incoming_memory - assembler.memory),
+        )
+
+    def _receive(self, frame: memoryview, prepared: PreparedFrame | None) -> list[Event]:
+        self.bytes_received += len(frame)
+        if prepared is None:
+            header = decode_header(frame)
+            if header.type.is_ack:
+                payload = frame[header.size :]
+                self._receive_ack(header.number, header.type == MessageType.ACKRPY, payload)
+                return []
+            assembler = self._assembler(header.number, header.type, header.flags)
+            prepared = self._budgets(assembler, header.flags, frame[header.size :])
+            try:
+                self.add_prepared(prepared)
+            finally:
+                self._account(prepared)
+        else:
+            assembler = prepared.assembler
+            self._account(prepared)
+            if prepared.complete is None:
+                raise BLIPProtocolError("receive_frame got a prepared frame that was not added")
         if assembler.unacked_bytes >= ACK_INTERVAL:
             received = assembler.raw_bytes_received
             self._outbox.push(OutgoingMessage.ack(assembler.type, assembler.number, received))
             assembler.unacked_bytes = 0
-        if not complete:
+        if not prepared.complete:
             return []
         self._incoming_bytes -= assembler.size
+        self._incoming_memory -= assembler.memory
         message = assembler.finish()
-        if msg_type == MessageType.MSG:
-            self._incoming_requests.pop(header.number, None)
+        if assembler.type == MessageType.MSG:
+            self._incoming_requests.pop(assembler.number, None)
             if not message.no_reply:
                 self._unanswered[message.number] = message.urgent
             return [RequestReceived(message)]
-        del self._awaiting_replies[header.number]
-        return [ResponseReceived(header.number, message)]
+        del self._awaiting_replies[assembler.number]
+        return [ResponseReceived(assembler.number, message)]
+
+    def _account(self, prepared: PreparedFrame) -> None:
+        assembler = prepared.assembler
+        self._incoming_bytes += assembler.size - prepared.size_before
+        self._incoming_memory += assembler.memory - prepared.memory_before
+        if self._incoming_bytes > self.peak_incoming_bytes:
+            self.peak_incoming_bytes = self._incoming_bytes
+        if self._incoming_memory > self.peak_incoming_memory:
+            self.peak_incoming_memory = self._incoming_memory
+
+    def _assembler(self, number: int, msg_type: MessageType, flags: int) -> MessageAssembler:
+        if msg_type == MessageType.MSG:
+            return self._request_assembler(number, flags)
+        return self._reply_assembler(number, msg_type, flags)
 
     def _request_assembler(self, number: int, flags: int) -> MessageAssembler:
         assembler = self._incoming_requests.get(number)
@@ -328,7 +382,7 @@ class BLIPProtocol:
                 CLOSE_POLICY_VIOLATION,
             )
         self._requests_received = number
-        assembler = MessageAssembler(MessageType.MSG, number, flags)
+        assembler = MessageAssembler(MessageType.MSG, number, flags, self.spool_dir)
         self._incoming_requests[number] = assembler
         return assembler
 
@@ -338,7 +392,7 @@ class BLIPProtocol:
             raise BLIPProtocolError(f"bad incoming reply #{number} ({state})")
         assembler = self._awaiting_replies[number]
         if assembler is None:
-            assembler = MessageAssembler(msg_type, number, flags)
+            assembler = MessageAssembler(msg_type, number, flags, self.spool_dir)
             self._awaiting_replies[number] = assembler
         return assembler
 

@@ -12,11 +12,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import functools
 import inspect
 import logging
 import time
+import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import replace
 from typing import Any, Protocol
 
 from websockets.exceptions import ConnectionClosed
@@ -279,6 +282,35 @@ def _message_size(message: Message) -> int:
     return len(message.body) + 256
 
 
+def _running_size(message: Message) -> int:
+    """What a request's handler holds once it runs (a spooled body is read back for it)."""
+    return (message.spooled.size if message.spooled is not None else len(message.body)) + 256
+
+
+#: One lock per event loop: spooled bodies are read back into memory one message at a time.
+_spool_gates: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _spool_gate() -> asyncio.Lock:
+    loop = asyncio.get_running_loop()
+    gate = _spool_gates.get(loop)
+    if gate is None:
+        gate = _spool_gates[loop] = asyncio.Lock()
+    return gate
+
+
+async def _read_spooled(message: Message) -> Message:
+    spool = message.spooled
+    assert spool is not None
+    try:
+        body = await asyncio.to_thread(spool.read)
+    finally:
+        spool.close()
+    return replace(message, body=body, spooled=None)
+
+
 def _not_found(request: IncomingRequest) -> None:
     request.respond_error("BLIP", 404, "no handler for profile")
 
@@ -287,12 +319,19 @@ class BLIPSession:
     """One BLIP connection over a WebSocket: requests out, handlers for requests in.
 
     ``limits`` bounds what the peer can make this session hold (see
-    :class:`~fieldsync.blip.limits.BLIPLimits`); once closed, the session drops its handlers,
-    queued messages and buffers at once, so nothing waits for the cyclic garbage collector.
+    :class:`~fieldsync.blip.limits.BLIPLimits`); large incoming messages wait in anonymous
+    temporary files in ``spool_dir`` (the system's temporary directory if ``None``). Once
+    closed, the session drops its handlers, queued messages and buffers at once, so nothing
+    waits for the cyclic garbage collector.
     """
 
     def __init__(
-        self, websocket: WebSocketLike, *, name: str = "", limits: BLIPLimits | None = None
+        self,
+        websocket: WebSocketLike,
+        *,
+        name: str = "",
+        limits: BLIPLimits | None = None,
+        spool_dir: str | None = None,
     ) -> None:
         self.name = name
         self.closed = False
@@ -301,13 +340,15 @@ class BLIPSession:
         #: Called with the session once it has closed.
         self.on_close: list[Callable[[BLIPSession], object]] = []
         self._ws = websocket
-        self._protocol = BLIPProtocol(limits=limits)
+        self._protocol = BLIPProtocol(limits=limits, spool_dir=spool_dir)
         self._limits = self._protocol.limits
         # Peer requests received, waiting for room in the reply budget before their handler runs.
         self._queued: deque[Message] = deque()
         self._queued_bytes = 0
         self._refusals_logged = False
         self._handlers: dict[str, Handler] = {}
+        self._large_profiles: set[str] = set()
+        self._running_bytes = 0
         self._fallback: Handler = _not_found
         self._pending: dict[int, asyncio.Future[IncomingResponse]] = {}
         self._handler_tasks: set[asyncio.Task[None]] = set()
@@ -326,9 +367,18 @@ class BLIPSession:
 
     # ------------------------------------------------------------- handlers
 
-    def register(self, profile: str, handler: Handler) -> None:
-        """Handle requests whose ``Profile`` is ``profile`` (sync or async callable)."""
+    def register(self, profile: str, handler: Handler, *, large_bodies: bool = False) -> None:
+        """Handle requests whose ``Profile`` is ``profile`` (sync or async callable).
+
+        Only profiles registered with ``large_bodies`` accept a body larger than
+        ``BLIPLimits.max_ordinary_body``; for others such a request gets HTTP/413 without its
+        body ever being read back from its spool file.
+        """
         self._handlers[profile] = handler
+        if large_bodies:
+            self._large_profiles.add(profile)
+        else:
+            self._large_profiles.discard(profile)
 
     def set_fallback_handler(self, handler: Handler) -> None:
         """Handle requests with no registered profile (default: ERR BLIP/404)."""
@@ -417,15 +467,13 @@ class BLIPSession:
                 try:
                     if isinstance(data, str):
                         raise BLIPProtocolError("text WebSocket message received (BLIP is binary)")
-                    inflated = None
+                    prepared = None
                     if len(data) > OFFLOAD_INFLATE_ABOVE:
-                        limit = self._protocol.inflate_limit(data)
-                        if limit is not None:  # a big compressed frame: inflate off the loop
-                            inflated = await asyncio.to_thread(
-                                self._protocol.inflate_frame, data, limit
-                            )
-                    events = self._protocol.receive_frame(data, inflated=inflated)
-                    del inflated
+                        prepared = self._protocol.prepare_frame(data)
+                        if prepared is not None:  # a big compressed frame: inflate off the loop
+                            await asyncio.to_thread(self._protocol.add_prepared, prepared)
+                    events = self._protocol.receive_frame(data, prepared=prepared)
+                    del prepared
                 except BLIPProtocolError as exc:
                     log.error("%s: BLIP protocol error: %s", self.name, exc)
                     await self._abort(exc.close_code, str(exc))
@@ -475,30 +523,65 @@ class BLIPSession:
         """Run queued requests' handlers while fewer than ``max_open_requests`` run and our
         unsent replies fit the reply budget."""
         queued = self._queued
-        budget = self._limits.max_pending_replies
-        running = self._limits.max_open_requests
+        limits = self._limits
+        budget = limits.max_pending_replies
+        running = limits.max_open_requests
         while queued and not self.closed:
             if len(self._handler_tasks) >= running:
                 return  # resumed when a handler finishes
             if self._protocol.pending_reply_bytes > budget:
                 return  # resumed when replies have gone out or a handler finishes
+            size = _running_size(queued[0])
+            if (
+                self._handler_tasks
+                and self._running_bytes + size > limits.max_running_request_bytes
+            ):
+                return  # resumed when a handler finishes
             message = queued.popleft()
             self._queued_bytes -= _message_size(message)
-            request = IncomingRequest(self, message)
-            handler = self._handlers.get(request.profile, self._fallback)
+            profile = message.profile or ""
+            if size - 256 > limits.max_ordinary_body and profile not in self._large_profiles:
+                if message.spooled is not None:
+                    message.spooled.close()
+                if not message.no_reply:
+                    self._send_error(
+                        message.number, "HTTP", 413, f"{profile or 'request'} body too large"
+                    )
+                continue
+            handler = self._handlers.get(profile, self._fallback)
             task = asyncio.create_task(
-                self._run_handler(handler, request),
-                name=f"blip-{request.profile}-{request.number}",
+                self._run_handler(handler, message), name=f"blip-{profile}-{message.number}"
             )
+            self._running_bytes += size
             self._handler_tasks.add(task)
-            task.add_done_callback(self._handler_done)
+            task.add_done_callback(functools.partial(self._handler_done, size=size))
 
-    def _handler_done(self, task: asyncio.Task[None]) -> None:
+    def _handler_done(self, task: asyncio.Task[None], size: int) -> None:
         self._handler_tasks.discard(task)
+        self._running_bytes -= size
         if self._queued:
             self._start_handlers()
 
-    async def _run_handler(self, handler: Handler, request: IncomingRequest) -> None:
+    async def _run_handler(self, handler: Handler, message: Message) -> None:
+        if message.spooled is None:
+            await self._call_handler(handler, IncomingRequest(self, message))
+            return
+        async with _spool_gate():  # one large body in memory at a time
+            if self.closed:
+                message.spooled.close()
+                return
+            try:
+                message = await _read_spooled(message)
+            except OSError as exc:
+                log.error(
+                    "%s: cannot read back spooled request #%d: %s", self.name, message.number, exc
+                )
+                if not message.no_reply and not self.closed:
+                    self._send_error(message.number, "HTTP", 507, "cannot read request body")
+                return
+            await self._call_handler(handler, IncomingRequest(self, message))
+
+    async def _call_handler(self, handler: Handler, request: IncomingRequest) -> None:
         try:
             result = handler(request)
             if inspect.isawaitable(result):
@@ -512,7 +595,27 @@ class BLIPSession:
 
     def _dispatch_response(self, number: int, message: Message) -> None:
         future = self._pending.pop(number, None)
-        if future is not None and not future.done():
+        if future is None or future.done():
+            if message.spooled is not None:
+                message.spooled.close()
+        elif message.spooled is not None:
+            task = asyncio.create_task(self._resolve_spooled(future, message))
+            self._handler_tasks.add(task)
+            task.add_done_callback(functools.partial(self._handler_done, size=0))
+        else:
+            future.set_result(IncomingResponse(message))
+
+    async def _resolve_spooled(
+        self, future: asyncio.Future[IncomingResponse], message: Message
+    ) -> None:
+        async with _spool_gate():
+            try:
+                message = await _read_spooled(message)
+            except OSError as exc:
+                if not future.done():
+                    future.set_exception(exc)
+                return
+        if not future.done():
             future.set_result(IncomingResponse(message))
 
     # --------------------------------------------------------------- output
@@ -695,6 +798,9 @@ class BLIPSession:
         # Release at once what the connection held: buffered messages, and the handlers (bound
         # methods of the replicator, which holds this session: without this the pair and
         # everything they hold would live until the cyclic garbage collector runs).
+        for message in self._queued:
+            if message.spooled is not None:
+                message.spooled.close()
         self._queued.clear()
         self._queued_bytes = 0
         self._handlers.clear()

@@ -46,6 +46,10 @@ class URLEndpointListenerConfiguration:
     #: Refuse pushes (507) while the database's file system has less than this free, so the card
     #: never fills completely; None = the replicator's default (64 MiB), 0 = no reserve.
     min_free_bytes: int | None = None
+    #: Where the bodies of large incoming messages wait (anonymous temporary files, see
+    #: ``BLIPLimits.max_incoming_memory``); None = the served database's own directory, so
+    #: they use the card, not RAM (``/tmp`` may be a tmpfs).
+    spool_directory: str | None = None
 
     def served(self) -> dict[str, Database]:
         """The databases behind this listener by URL name, in order."""

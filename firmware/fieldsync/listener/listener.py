@@ -348,7 +348,8 @@ class URLEndpointListener:
         peer = _peer_name(connection)
         info = ConnectionInfo(peer, database_name, user, subprotocol)
         self._connections[connection] = info
-        session = BLIPSession(connection, name=peer)
+        spool = self.config.spool_directory or str(database.path)
+        session = BLIPSession(connection, name=peer, spool_dir=spool)
         collections = self.config.collections_of(database) or _DatabaseCollections(database)
         replicator = PassiveReplicator(
             session,

@@ -39,6 +39,8 @@ PROVE_ATTACHMENT = "proveAttachment"
 COLLECTION_PROFILES = frozenset(
     {GET_CHECKPOINT, SET_CHECKPOINT, SUB_CHANGES, CHANGES, PROPOSE_CHANGES, REV, NOREV}
 )
+#: Profiles whose body may be a whole document, larger than BLIP's ordinary-body limit.
+LARGE_BODY_PROFILES = frozenset({REV})
 
 #: Replication tuning shared with LiteCore (ReplicatorTuning.hh).
 DEFAULT_MAX_HISTORY = 50

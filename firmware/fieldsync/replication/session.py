@@ -19,6 +19,7 @@ from fieldsync.blip import BLIPSession, IncomingRequest
 from fieldsync.replication.blobs import BlobServer
 from fieldsync.replication.errors import RoutingError
 from fieldsync.replication.inserter import Inserter
+from fieldsync.replication.messages import LARGE_BODY_PROFILES
 from fieldsync.replication.notifier import ChangeNotifier
 from fieldsync.replication.ports import ReplicatedCollection, ReplicatedDatabase
 from fieldsync.replication.puller import Puller, PullerHooks
@@ -145,7 +146,7 @@ class ReplicationSession:
                 if not request.responded:
                     request.respond_error("HTTP", trouble.status, str(trouble))
 
-        self.blip.register(profile, handle)
+        self.blip.register(profile, handle, large_bodies=profile in LARGE_BODY_PROFILES)
 
     # -- outgoing revisions -------------------------------------------------------------------
 
