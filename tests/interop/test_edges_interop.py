@@ -104,6 +104,28 @@ async def test_large_documents_and_blobs(
     assert phone_docs(phone) == device_docs(device)
 
 
+async def test_document_larger_than_memory_allowance_arrives_intact(
+    listener: Any, device_db: Any, any_phone: LiteDatabase
+) -> None:
+    """A 24 MB document from each kind of phone: the listener keeps it in a spool file while
+    it arrives (issue 11, bounded memory per connection), stores it intact, and keeps no
+    spooled bytes once the replication is over."""
+    from fieldsync.blip.spool import SPOOL_BUDGET
+
+    rng = random.Random(11)
+    piece = "".join(rng.choice("abcdefghij ") for _ in range(1_000_000))
+    body = {"log": [f"{i}:{piece}" for i in range(24)], "kind": "field log"}
+    any_phone.put("huge", body)
+    spooled_before, used_before = SPOOL_BUDGET.total, SPOOL_BUDGET.used
+    with any_phone.replicator(url(listener), push=True, pull=False) as repl:
+        status = await run(repl)
+        assert not status.error, status
+        assert pushed_doc_ids(repl.documents_ended) == {"huge"}
+    assert device_db.default_collection.get_document("huge").body == body
+    assert SPOOL_BUDGET.total - spooled_before >= 24_000_000
+    await wait_for(lambda: SPOOL_BUDGET.used == used_before)
+
+
 async def test_doc_ids_filter(listener: Any, device_db: Any, phone: LiteDatabase) -> None:
     """LiteCore's docIDs option: a pull asks for those documents only (subChanges body), live
     changes to other documents stay on the device, and a push sends only the listed ones."""

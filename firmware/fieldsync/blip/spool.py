@@ -25,6 +25,8 @@ class SpoolBudget:
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.used = 0
+        #: Bytes ever spooled (a statistic).
+        self.total = 0
         self._lock = threading.Lock()
 
     def take(self, n: int) -> None:
@@ -36,6 +38,7 @@ class SpoolBudget:
                     CLOSE_MESSAGE_TOO_BIG,
                 )
             self.used += n
+            self.total += n
 
     def give_back(self, n: int) -> None:
         with self._lock:
