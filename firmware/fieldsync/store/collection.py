@@ -368,22 +368,90 @@ class Collection:
         is durable when this returns. Per revision: 201 inserted, 200 already present,
         409 conflict (``no_conflicts`` set and its parent is not the current revision),
         400 malformed. Unknown ancestors in a history become body-less revisions."""
-        results: list[InsertResult] = []
-        with self._engine.write():
-            for rev in revs:
+        results: list[InsertResult | None] = [None] * len(revs)
+        with self._engine.write() as conn:
+            self._insert_new_documents(conn, revs, results)
+            for i, rev in enumerate(revs):
+                if results[i] is not None:
+                    continue
                 # Each revision in its own savepoint: one that fails leaves nothing behind and
                 # never fails the others of its batch. Storage errors (sqlite3.Error) are the
                 # batch's: they propagate and the transaction is not committed.
                 try:
                     with self._engine.savepoint() as conn:
-                        results.append(self._insert_one(conn, rev))
+                        results[i] = self._insert_one(conn, rev)
                 except (InvalidInput, revid.BadRevisionID, BadHistory) as exc:
-                    results.append(InsertResult(400, str(exc)))
+                    results[i] = InsertResult(400, str(exc))
                 except sqlite3.Error:
                     raise
                 except (RecursionError, ValueError) as exc:
-                    results.append(InsertResult(400, f"cannot store this revision: {exc!r}"))
-        return results
+                    results[i] = InsertResult(400, f"cannot store this revision: {exc!r}")
+        return [result for result in results if result is not None]
+
+    def _insert_new_documents(
+        self,
+        conn: sqlite3.Connection,
+        revs: Sequence[IncomingRevision],
+        results: list[InsertResult | None],
+    ) -> None:
+        """The common case of a push, in bulk: revisions without history of documents this
+        collection does not have yet. Each becomes a one-revision document, with two
+        ``executemany`` for the whole batch instead of a savepoint and five statements per
+        revision (perf, issue 13). What ``_insert_one`` would do for them, exactly; anything
+        else (an invalid revision, a deletion, a document twice in the batch) is left to it."""
+        seen: dict[str, int] = {}
+        for rev in revs:
+            seen[rev.doc_id] = seen.get(rev.doc_id, 0) + 1
+        fresh: list[tuple[int, IncomingRevision, bytes]] = []
+        for i, rev in enumerate(revs):
+            if rev.history or rev.deleted or seen[rev.doc_id] > 1:
+                continue
+            try:
+                check_doc_id(rev.doc_id)
+                revid.parse(rev.rev_id)
+                data = decode_incoming(rev.body, deleted=False)
+            except (InvalidInput, revid.BadRevisionID, RecursionError, ValueError):
+                continue  # _insert_one gives it its 400
+            fresh.append((i, rev, data))
+        if len(fresh) < 2:
+            return
+        ids = [rev.doc_id for _, rev, _ in fresh]
+        marks = ",".join("?" * len(ids))
+        known = {
+            doc_id
+            for (doc_id,) in conn.execute(
+                f"SELECT doc_id FROM docs WHERE collection = ? AND doc_id IN ({marks})",
+                (self.id, *ids),
+            )
+        }
+        fresh = [entry for entry in fresh if entry[1].doc_id not in known]
+        if not fresh:
+            return
+        (last_key,) = conn.execute("SELECT COALESCE(MAX(id), 0) FROM docs").fetchone()
+        doc_rows = []
+        rev_rows = []
+        for key, (_, rev, data) in enumerate(fresh, start=last_key + 1):
+            if rev.from_vv_peer:
+                hlv = HLV(legacy_version(rev.rev_id))
+            else:
+                hlv = HLV(self._device.stamp(conn))
+            text = str(hlv)
+            sequence = self._next_sequence(conn)
+            doc_rows.append((key, self.id, rev.doc_id, sequence, rev.rev_id, len(data), text))
+            rev_rows.append((key, rev.rev_id, sequence, data, text, str(hlv.cv)))
+        with self._engine.savepoint() as conn:
+            conn.executemany(
+                "INSERT INTO docs (id, collection, doc_id, sequence, rev_id, deleted, body_size, "
+                "hlv) VALUES (?, ?, ?, ?, ?, 0, ?, ?)",
+                doc_rows,
+            )
+            conn.executemany(
+                "INSERT INTO revs (doc, rev_id, parent, deleted, sequence, body, hlv, cv) "
+                "VALUES (?, ?, NULL, 0, ?, ?, ?, ?)",
+                rev_rows,
+            )
+        for i, rev, _ in fresh:
+            results[i] = InsertResult(201, "", rev.rev_id)
 
     def _insert_one(self, conn: sqlite3.Connection, rev: IncomingRevision) -> InsertResult:
         check_doc_id(rev.doc_id)
