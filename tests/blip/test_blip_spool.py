@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from pathlib import Path
 
 from tests.blip.test_blip_limits import MiB, Peer, start
 from tests.blip.test_blip_session import TIMEOUT, blip_pair
@@ -13,7 +14,7 @@ from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
-from fieldsync.blip import BLIPSession, IncomingRequest
+from fieldsync.blip import BLIPConnectionClosed, BLIPSession, IncomingRequest
 from fieldsync.blip.frame import MORE_COMING, MessageType
 from fieldsync.blip.spool import SPOOL_BUDGET
 
@@ -106,6 +107,36 @@ async def test_connection_ending_mid_message_returns_its_spool() -> None:
         await asyncio.wait_for(done.wait(), TIMEOUT)
     assert during[0] > 2 * MiB  # it was spooled...
     assert SPOOL_BUDGET.used == before  # ...and given back when the connection ended
+
+
+async def test_full_spool_disk_closes_1013_and_gives_back(small_disk: Path, caplog) -> None:
+    """A spool directory on a full card: the connection closes with 1013 (try again later),
+    one log line and no traceback, and no spooled bytes stay counted."""
+    before = SPOOL_BUDGET.used
+    sessions: list[BLIPSession] = []
+    done = asyncio.Event()
+
+    async def handler(ws: ServerConnection) -> None:
+        session = BLIPSession(ws, name="server", spool_dir=str(small_disk))
+        sessions.append(session)
+        try:
+            await session.run()
+        finally:
+            done.set()
+
+    async with serve(handler, "127.0.0.1", 0, compression=None) as server:
+        port = server.sockets[0].getsockname()[1]
+        async with connect(f"ws://127.0.0.1:{port}", compression=None) as ws:
+            client = BLIPSession(ws, name="client")
+            reader = asyncio.create_task(client.run())
+            with contextlib.suppress(BLIPConnectionClosed):
+                await asyncio.wait_for(client.request("rev", {}, b"q" * (6 * MiB)), TIMEOUT)
+            await asyncio.wait_for(done.wait(), TIMEOUT)
+            reader.cancel()
+    assert sessions[0].close_code == 1013
+    assert "temporary file" in sessions[0].close_reason
+    assert not [r for r in caplog.records if r.exc_info]
+    assert SPOOL_BUDGET.used == before
 
 
 async def _read_all(ws: object) -> None:

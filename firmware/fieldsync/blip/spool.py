@@ -53,11 +53,13 @@ class Spool:
     """A message body in an anonymous temporary file: appended while the message arrives,
     read back whole by its handler (:meth:`read`), then :meth:`close`\\ d."""
 
-    __slots__ = ("_budget", "_file", "size")
+    __slots__ = ("_budget", "_file", "_lock", "size")
 
     def __init__(self, directory: str | None = None, budget: SpoolBudget = SPOOL_BUDGET) -> None:
         self._budget = budget
         self.size = 0
+        # A worker thread may be writing (inflating) when the loop closes a dead connection.
+        self._lock = threading.Lock()
         self._file: BinaryIO | None = None
         try:
             self._file = tempfile.TemporaryFile(dir=directory)  # noqa: SIM115
@@ -65,14 +67,15 @@ class Spool:
             raise _spool_failed(exc) from None
 
     def write(self, data: Buffer) -> None:
-        if self._file is None:  # the connection was released while a worker inflated into it
-            raise BLIPProtocolError("message discarded: its connection is closed")
-        self._budget.take(len(data))
-        self.size += len(data)
-        try:
-            self._file.write(data)
-        except OSError as exc:  # a full disk, most likely
-            raise _spool_failed(exc) from None
+        with self._lock:
+            if self._file is None:  # the connection was released while a worker inflated
+                raise BLIPProtocolError("message discarded: its connection is closed")
+            self._budget.take(len(data))
+            self.size += len(data)
+            try:
+                self._file.write(data)
+            except OSError as exc:  # a full disk, most likely
+                raise _spool_failed(exc) from None
 
     def read(self) -> bytes:
         """The whole body (blocking file I/O: call it off the event loop for large spools)."""
@@ -86,10 +89,11 @@ class Spool:
 
     def close(self) -> None:
         """Delete the file and return its bytes to the budget (idempotent)."""
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-            self._budget.give_back(self.size)
+        with self._lock:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
+                self._budget.give_back(self.size)
 
     def __del__(self) -> None:
         self.close()
