@@ -19,7 +19,9 @@ from pathlib import Path
 
 from tests.listener.raw_blip import RawClient
 
+from fieldsync.replication.checkpoints import CollectionCheckpoint
 from fieldsync.replication.inserter import WRITER
+from fieldsync.replication.sequences import SequenceTracker
 from fieldsync.replicator import Replicator, ReplicatorConfiguration, ReplicatorType
 from fieldsync.store import Database, IncomingRevision
 
@@ -242,3 +244,39 @@ async def test_session_answers_while_another_process_holds_the_write_lock(
     finally:
         holder.close()
     assert device_db.get_checkpoint("phone-a")[0] == b'{"seq":7}'
+
+
+async def test_active_checkpoint_save_waits_for_the_lock_off_the_loop(
+    listener, device_db, tmp_path
+) -> None:
+    """The active replicator's checkpoint save writes its local copies on the writer thread:
+    while another process holds the local database's write lock, the save waits and the
+    event loop keeps running other work; once the lock goes, both copies are stored."""
+
+    class _Where:
+        port = listener.port
+
+    local = Database.open(tmp_path / "local")
+    checkpoint = CollectionCheckpoint("cp-test")
+    checkpoint.push_tracker = SequenceTracker(7)
+    checkpoint.remote_revs = {"d": "1-" + "a" * 40}
+    holder = sqlite3.connect(local.path / "db.sqlite3", isolation_level=None)
+    try:
+        async with RawClient(_Where(), database="device") as session:
+            holder.execute("BEGIN IMMEDIATE")  # another process's write lock
+            save = asyncio.create_task(checkpoint.save(session, local, None))
+            ticks = 0
+            for _ in range(20):  # the loop is free: these run while the save waits
+                await asyncio.sleep(0.01)
+                ticks += 1
+            assert ticks == 20 and not save.done()
+            holder.execute("COMMIT")
+            await asyncio.wait_for(save, 30)
+    finally:
+        holder.close()
+    try:
+        assert local.get_local(checkpoint.local_key) is not None
+        assert local.get_local(checkpoint.remote_revs_key) is not None
+        assert device_db.get_checkpoint("cp-test") is not None
+    finally:
+        local.close()

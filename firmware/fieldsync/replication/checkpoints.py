@@ -172,8 +172,11 @@ class CollectionCheckpoint:
         current = (self.push_tracker.checkpoint or None, self.pull_tracker.checkpoint)
         if current == self.saved or current == (None, None):
             return
-        # The peer's revisions must be on disk before a checkpoint that relies on them.
-        database.set_local(self.remote_revs_key, encode_json(self.remote_revs))
+        # The peer's revisions must be on disk before a checkpoint that relies on them. Local
+        # writes go through the writer thread: a foreign write lock must not hold the loop.
+        loop = asyncio.get_running_loop()
+        remote_revs = encode_json(self.remote_revs)
+        await loop.run_in_executor(WRITER, database.set_local, self.remote_revs_key, remote_revs)
         body = self.body()
         properties = {"client": self.id}
         if self.rev:
@@ -192,7 +195,7 @@ class CollectionCheckpoint:
             return
         self.rev = reply.properties.get("rev")
         self.saved = current
-        database.set_local(self.local_key, encode_json(body))
+        await loop.run_in_executor(WRITER, database.set_local, self.local_key, encode_json(body))
 
 
 def json_object(raw: bytes | None) -> dict[str, Any] | None:

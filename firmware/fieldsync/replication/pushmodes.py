@@ -10,10 +10,12 @@ same for all of them.
 from __future__ import annotations
 
 import logging
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from fieldsync.replication import decisions
+from fieldsync.replication.inserter import WRITER
 from fieldsync.replication.messages import CHANGES, PROPOSE_CHANGES, format_history
 from fieldsync.replication.ports import ReplicatedCollection
 from fieldsync.replication.versioning import PeerKey, WireFormat, delta_bases, outgoing_rev
@@ -43,6 +45,12 @@ def spell_rev_tree(
 
 
 log = logging.getLogger(__name__)
+
+
+def _log_failure(write: Future[None]) -> None:
+    exc = write.exception()
+    if exc is not None:
+        log.warning("could not record a peer's legacy revision: %s", exc)
 
 
 class PushMode(Protocol):
@@ -238,4 +246,7 @@ class VectorChangesMode(ChangesMode):
         learned = self._learned.pop((doc_id, rev_id), None)
         peer = self._peer.value
         if learned is not None and peer:
-            self._collection.set_peer_legacy(doc_id, peer, learned)
+            # On the writer thread, in order with the session's other writes: a foreign write
+            # lock must not hold the event loop.
+            write = WRITER.submit(self._collection.set_peer_legacy, doc_id, peer, learned)
+            write.add_done_callback(_log_failure)
