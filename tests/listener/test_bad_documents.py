@@ -81,8 +81,10 @@ def test_a_revision_that_breaks_the_insert_is_undone_alone(tmp_path: Path, monke
             return result
 
         monkeypatch.setattr(collection_module.Collection, "_save_tree", flaky)
+        # With a history each (so the per-revision path stores them, not the bulk one for
+        # brand-new documents, which calls no _save_tree).
         revs = [
-            IncomingRevision(name, rev_id(i), (), False, b'{"x":1}')
+            IncomingRevision(name, "2-" + "b" * 40, [rev_id(i)], False, b'{"x":1}')
             for i, name in enumerate(["a", "bad", "c"])
         ]
         results = coll.insert_revisions(revs)

@@ -59,3 +59,26 @@ def test_a_deleted_winner_is_returned_as_the_tombstone(tmp_path) -> None:
     assert resolved.deleted and resolved.doc_id == "d"
     assert coll.get_document("d") is None  # a deletion won: the document reads as deleted
     db.close()
+
+
+def test_closed_branch_never_outranks_a_later_deletion(tmp_path) -> None:
+    """The tombstone closing the losing branch is marked closed (LiteCore's kRevClosed): once
+    the winner is deleted too, the real deletion stays the winner, whatever the revIDs say,
+    and survives a reopen (it is stored, not recomputed)."""
+    db, coll, mine, theirs = _conflicted(tmp_path)
+    coll.resolve_conflict("d", winning_rev=theirs, losing_rev=mine)
+    closing = next(r for r in coll.leaf_revisions("d") if r != theirs)
+    # The winner is deleted later by a peer, with a tombstone that sorts below the closing one.
+    gone = "3-" + "0" * 40
+    assert closing > gone  # same generation: only the closed flag keeps it from winning
+    [result] = coll.insert_revisions([IncomingRevision("d", gone, [theirs], True, b"{}")])
+    assert result.status == 201
+    assert coll.get_revision("d", with_body=False).rev_id == gone
+    db.close()
+    db = Database.open(tmp_path / "db")
+    try:
+        coll = db.default_collection
+        assert coll.get_revision("d", with_body=False).rev_id == gone
+        assert coll.leaf_revisions("d")[0] == gone
+    finally:
+        db.close()

@@ -23,7 +23,7 @@ from fieldsync.store.models import (
     Revision,
 )
 from fieldsync.store.names import check_doc_id
-from fieldsync.store.revtree import BadHistory, RevNode, RevTree
+from fieldsync.store.revtree import NODE_COLUMNS, BadHistory, RevTree, node_from_row
 from fieldsync.store.versions import (
     HLV,
     BadVersion,
@@ -294,7 +294,7 @@ class Collection:
                 raise InvalidInput("winning_rev and losing_rev must differ")
             tombstone = revid.make(losing_rev, True, EMPTY_BODY)
             sequence = self._next_sequence(conn)
-            tree.add(tombstone, losing_rev, True, sequence, EMPTY_BODY)
+            tree.add(tombstone, losing_rev, True, sequence, EMPTY_BODY, closed=True)
             win_hlv = doc_versions.revision_vector(conn, row.id, winning_rev)
             lose_hlv = doc_versions.revision_vector(conn, row.id, losing_rev)
             vectors = {tombstone: self._next_vector(conn, lose_hlv)}
@@ -709,14 +709,8 @@ class Collection:
 
     @staticmethod
     def _load_tree(conn: sqlite3.Connection, doc_key: int) -> RevTree:
-        rows = conn.execute(
-            "SELECT rev_id, parent, deleted, sequence, body IS NOT NULL FROM revs WHERE doc = ?",
-            (doc_key,),
-        ).fetchall()
-        return RevTree(
-            RevNode(rev_id, parent, bool(deleted), sequence, bool(has_body))
-            for rev_id, parent, deleted, sequence, has_body in rows
-        )
+        rows = conn.execute(f"SELECT {NODE_COLUMNS} FROM revs WHERE doc = ?", (doc_key,))
+        return RevTree(node_from_row(row) for row in rows)
 
     def _read_tree(self, doc_id: str) -> RevTree | None:
         """The tree of a document, read consistently; ``None`` if the document is unknown."""
@@ -802,11 +796,21 @@ class Collection:
             hlv = pending.pop(rev_id, None)
             hlv_text, cv_text = (str(hlv), str(hlv.cv)) if hlv is not None else (None, None)
             new_rows.append(
-                (doc_key, rev_id, node.parent, node.deleted, node.sequence, body, hlv_text, cv_text)
+                (
+                    doc_key,
+                    rev_id,
+                    node.parent,
+                    node.deleted,
+                    node.sequence,
+                    body,
+                    hlv_text,
+                    cv_text,
+                    node.closed,
+                )
             )
         conn.executemany(
-            "INSERT INTO revs (doc, rev_id, parent, deleted, sequence, body, hlv, cv) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO revs (doc, rev_id, parent, deleted, sequence, body, hlv, cv, closed) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             new_rows,
         )
         if pending:  # vectors given to revisions that were already stored

@@ -26,7 +26,7 @@ from fieldsync.store import revid
 from fieldsync.store.blobs import BlobStore, digest_for, find_blobs
 from fieldsync.store.doc_versions import check_vectors
 from fieldsync.store.engine import Engine
-from fieldsync.store.revtree import RevNode, RevTree
+from fieldsync.store.revtree import NODE_COLUMNS, RevNode, RevTree, node_from_row
 
 #: Problems reported in full; beyond this only a count is kept.
 MAX_PROBLEMS = 200
@@ -97,13 +97,11 @@ def check_rev_trees(engine: Engine, progress: Progress | None = None) -> list[st
     nodes: dict[int, list[tuple[RevNode, bool]]] = defaultdict(list)
     orphan_revs = 0
     known_docs = {row[0] for row in docs}
-    for doc, rev_id, parent, deleted, sequence, has_body in engine.query(
-        "SELECT doc, rev_id, parent, deleted, sequence, body IS NOT NULL FROM revs"
-    ):
+    for doc, *row in engine.query(f"SELECT doc, {NODE_COLUMNS} FROM revs"):
         if doc not in known_docs:
             orphan_revs += 1
             continue
-        nodes[doc].append((RevNode(rev_id, parent, bool(deleted), sequence, bool(has_body)), True))
+        nodes[doc].append((node_from_row(tuple(row)), True))
     if orphan_revs:
         problems.append(f"{orphan_revs} revision(s) belong to no document")
     for index, (key, collection, doc_id, sequence, rev_id, deleted) in enumerate(docs):

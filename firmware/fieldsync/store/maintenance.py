@@ -60,7 +60,7 @@ from fieldsync.store.blobs import BlobStore
 from fieldsync.store.engine import Engine
 from fieldsync.store.integrity import check_integrity, referenced_digests
 from fieldsync.store.paths import DATABASE_FILE
-from fieldsync.store.revtree import RevNode, RevTree
+from fieldsync.store.revtree import NODE_COLUMNS, RevTree, node_from_row
 
 log = logging.getLogger(__name__)
 
@@ -346,11 +346,9 @@ def drop_unneeded_bodies(
         with engine.write() as conn:
             for doc in candidates[start : start + BATCH]:
                 rows = conn.execute(
-                    "SELECT rev_id, parent, deleted, sequence, body IS NOT NULL "
-                    "FROM revs WHERE doc = ?",
-                    (doc,),
+                    f"SELECT {NODE_COLUMNS} FROM revs WHERE doc = ?", (doc,)
                 ).fetchall()
-                tree = RevTree(RevNode(r, p, bool(d), s, bool(b)) for r, p, d, s, b in rows)
+                tree = RevTree(node_from_row(row) for row in rows)
                 doomed = bodies_to_drop(tree, keep_generations)
                 conn.executemany(
                     "UPDATE revs SET body = NULL WHERE doc = ? AND rev_id = ?",

@@ -35,11 +35,26 @@ class RevNode:
     deleted: bool
     sequence: int
     has_body: bool
+    #: The tombstone closing a losing conflict branch (LiteCore's ``kRevClosed``).
+    closed: bool = False
 
 
-def _priority(node: RevNode) -> tuple[bool, tuple[int, str]]:
-    """Sort key of a leaf: higher means a better candidate for winner."""
-    return (not node.deleted, revid.sort_key(node.rev_id))
+#: The ``revs`` columns a :class:`RevNode` is read from, in :func:`node_from_row` order.
+NODE_COLUMNS = "rev_id, parent, deleted, sequence, body IS NOT NULL, closed"
+
+
+def node_from_row(row: tuple[str, str | None, int, int, int, int]) -> RevNode:
+    """A node from a row of :data:`NODE_COLUMNS`."""
+    rev_id, parent, deleted, sequence, has_body, closed = row
+    return RevNode(rev_id, parent, bool(deleted), sequence, bool(has_body), bool(closed))
+
+
+def _priority(node: RevNode) -> tuple[bool, bool, tuple[int, str]]:
+    """Sort key of a leaf: higher means a better candidate for winner. As LiteCore's
+    ``compareRevs``: live before deleted, closed branches after even deletions, then revID.
+    So once the winner is deleted, the branches closed by conflict resolution cannot outrank
+    it (every side would otherwise pick its own closing tombstone)."""
+    return (not node.deleted, not node.closed, revid.sort_key(node.rev_id))
 
 
 class RevTree:
@@ -107,10 +122,17 @@ class RevTree:
     # -- changes ---------------------------------------------------------------------------
 
     def add(
-        self, rev_id: str, parent: str | None, deleted: bool, sequence: int, body: bytes | None
+        self,
+        rev_id: str,
+        parent: str | None,
+        deleted: bool,
+        sequence: int,
+        body: bytes | None,
+        *,
+        closed: bool = False,
     ) -> RevNode:
         """Add a revision (no checks: callers decide whether it belongs)."""
-        node = RevNode(rev_id, parent, deleted, sequence, body is not None)
+        node = RevNode(rev_id, parent, deleted, sequence, body is not None, closed)
         self.nodes[rev_id] = node
         self.added[rev_id] = body
         return node

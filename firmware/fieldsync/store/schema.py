@@ -63,13 +63,22 @@ CREATE TABLE local_values (
 INSERT INTO collections (scope, name) VALUES ('_default', '_default');
 """
 
+
+def add_closed_flag(conn: sqlite3.Connection) -> None:
+    """Schema step 4: ``revs.closed`` marks the tombstone that closes a losing conflict branch
+    (LiteCore's ``kRevClosed``); such a leaf never wins over another leaf, even a deletion."""
+    conn.execute("ALTER TABLE revs ADD COLUMN closed INTEGER NOT NULL DEFAULT 0")
+
+
 #: Schema upgrades, in order: ``(version reached, step)``. Each step runs in its own
 #: ``BEGIN IMMEDIATE`` transaction that also sets ``user_version``, so an interrupted upgrade
 #: leaves the file at a whole version and the next open continues from there.
-#: 2 (maint, issue 14): per-document expiration. 3+: vv-core (issue 12).
+#: 2 (maint, issue 14): per-document expiration. 3+: vv-core (issue 12). 4: closed branches
+#: (issue 11, convergence).
 UPGRADES: list[tuple[int, Callable[[sqlite3.Connection], None]]] = [
     (2, add_expiry_table),
     (3, add_version_vectors),
+    (4, add_closed_flag),
 ]
 SCHEMA_VERSION = UPGRADES[-1][0] if UPGRADES else 1
 
