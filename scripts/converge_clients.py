@@ -33,7 +33,11 @@ def winners(db: Database) -> dict[str, Any]:
     result: dict[str, Any] = {}
     for change in coll.changes_since(0):
         doc = coll.get_document(change.doc_id)
-        result[change.doc_id] = (doc.rev_id, doc.body) if doc else "deleted"
+        if doc is not None:
+            result[change.doc_id] = (doc.rev_id, doc.body)
+        else:  # a deletion: the same winning tombstone everywhere, not just "deleted"
+            current = coll.get_revision(change.doc_id, with_body=False)
+            result[change.doc_id] = ("deleted", current.rev_id if current else None)
     return result
 
 
@@ -87,9 +91,19 @@ async def run(clients: int, docs: int, rounds: int, seed: int) -> dict[str, Any]
                 if not moved:
                     break
             want = winners(device)
-            disagree = sum(
-                1 for db in dbs for doc_id, w in winners(db).items() if want.get(doc_id) != w
-            )
+            examples = []
+            disagree = 0
+            for n, db in enumerate(dbs):
+                for doc_id, w in winners(db).items():
+                    if want.get(doc_id) != w:
+                        disagree += 1
+                        if len(examples) < 5:
+                            leaves = db.default_collection.leaf_revisions(doc_id)
+                            examples.append(
+                                {"client": n, "doc": doc_id, "device": want.get(doc_id),
+                                 "client_has": w, "client_leaves": leaves,
+                                 "device_leaves": device.default_collection.leaf_revisions(doc_id)}
+                            )
             open_conflicts = sum(
                 1 for db in [device, *dbs] for d in want if db.default_collection.is_conflicted(d)
             )
@@ -104,6 +118,7 @@ async def run(clients: int, docs: int, rounds: int, seed: int) -> dict[str, Any]
         "rounds": rounds,
         "settle_rounds": settle_rounds,
         "docs_any_client_disagrees_on": disagree,
+        "examples": examples,
         "open_conflicts": open_conflicts,
         "conflicts_resolved_by_clients": sum(resolved),
         "seconds": round(time.monotonic() - started, 1),

@@ -91,6 +91,8 @@ class Pusher:
         self.tracker = tracker or SequenceTracker(options.since)
         self._on_caught_up = on_caught_up
         self._lists = asyncio.Semaphore(MAX_CHANGE_LISTS_IN_FLIGHT)
+        # Revisions proposed again after a conflict with an ancestor of theirs (at most once).
+        self._retried: set[tuple[str, str]] = set()
         # Revisions wanted by the peer, sent by one loop (no task per revision); what is sent
         # and not yet answered is bounded by bytes, as LiteCore's Pusher does
         # (kMaxRevBytesAwaitingReply): with small documents the window holds ~2,000 revisions,
@@ -256,9 +258,19 @@ class Pusher:
         if not isinstance(answers, list):
             self._stats.in_flight -= len(changes)
             raise ReplicationError(f"peer sent a malformed reply to changes for {self.name}")
+        retry: list[Change] = []
         for position, change in enumerate(changes):
             answer = answers[position] if position < len(answers) else 0
             known, conflict = self._mode.wanted(change, answer)
+            if conflict and self._builds_on(change, conflict):
+                # LiteCore's shouldRetryConflictWithNewerAncestor: our revision already builds
+                # on the peer's (we learned it some other way, e.g. the same tombstone made on
+                # both sides): propose it again against that one.
+                self._mode.peer_has(change.doc_id, conflict)
+                self._retried.add((change.doc_id, change.rev_id))
+                self._stats.in_flight -= 1  # counted again when it is announced again
+                retry.append(change)
+                continue
             if conflict is not None:
                 self.conflicts.append((change.doc_id, conflict))
                 log.info(
@@ -271,6 +283,19 @@ class Pusher:
                 self.tracker.complete(change.sequence)
                 continue
             self._queue_rev(change, known, max_history, True)
+        if retry:
+            self._spawn(self._announce_again(retry))
+
+    async def _announce_again(self, changes: list[Change]) -> None:
+        await self._lists.acquire()
+        await self._await_reply(changes, self._announce(changes))
+
+    def _builds_on(self, change: Change, peer_rev: str) -> bool:
+        """Whether ``change``'s revision descends from ``peer_rev`` (retried once per revision)."""
+        if (change.doc_id, change.rev_id) in self._retried:
+            return False
+        history = self._collection.rev_history(change.doc_id, change.rev_id)
+        return peer_rev in history[1:]
 
     # -- revisions ----------------------------------------------------------------------------
 

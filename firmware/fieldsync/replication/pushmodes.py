@@ -68,6 +68,11 @@ class PushMode(Protocol):
         (``None`` if not), and the conflicting revID it holds when it reports a conflict."""
         ...
 
+    def peer_has(self, doc_id: str, rev_id: str) -> None:
+        """The peer holds ``rev_id`` of ``doc_id`` (it said so in a conflict): announce later
+        revisions against it."""
+        ...
+
     def caught_up_before_idle(self) -> bool:
         """Whether to send the empty "caught up" list as soon as the backlog is announced
         (before its revisions are acknowledged) rather than after."""
@@ -145,6 +150,9 @@ class ChangesMode(RevTreeSpelling):
     def revision_sent(self, doc_id: str, rev_id: str) -> None:
         return None
 
+    def peer_has(self, doc_id: str, rev_id: str) -> None:
+        return None
+
 
 class ProposeMode(RevTreeSpelling):
     """The active side: offer revisions with ``proposeChanges`` against the revision the peer is
@@ -171,7 +179,12 @@ class ProposeMode(RevTreeSpelling):
         if status == 409:
             current = answer.get("rev") if isinstance(answer, dict) else None
             return None, str(current or "")
+        if status == 304:  # the peer has it already: it is the ancestor to propose against
+            self.remote_revs[change.doc_id] = change.rev_id  # (LiteCore marks it synced)
         return None, None
+
+    def peer_has(self, doc_id: str, rev_id: str) -> None:
+        self.remote_revs[doc_id] = rev_id
 
     def caught_up_before_idle(self) -> bool:
         return False
