@@ -28,6 +28,7 @@ from fieldsync.replication import checkpoints, conflicts, decisions, messages
 from fieldsync.replication.checkpoints import CHECKPOINT_SAVE_INTERVAL, CollectionCheckpoint
 from fieldsync.replication.deltas import make_delta_encoder
 from fieldsync.replication.errors import ReplicationError
+from fieldsync.replication.inserter import WRITER
 from fieldsync.replication.messages import encode_json, with_collection
 from fieldsync.replication.notifier import ChangeNotifier
 from fieldsync.replication.ports import ReplicatedCollection, ReplicatedDatabase
@@ -306,7 +307,23 @@ class Replicator:
             before = _current_revision(state.collection, doc_id)
             await puller.handle_rev(request, state.collection, state.index)
             if before is not None and before.rev_id != remote_rev:
-                self._resolve_if_conflicted(state.collection, doc_id, before, remote_rev)
+                # On the writer thread, as Couchbase Lite runs resolvers off the main thread: the
+                # resolution writes, and another process may hold the write lock.
+                failure = await asyncio.get_running_loop().run_in_executor(
+                    WRITER,
+                    self._resolve_if_conflicted,
+                    state.collection,
+                    doc_id,
+                    before,
+                    remote_rev,
+                )
+                if failure is None:
+                    return
+                if failure:
+                    self.stats.record_error(failure)
+                    log.warning("%s", failure)
+                else:
+                    self.resolved_conflicts.append(doc_id)
 
         def norev(request: IncomingRequest, _target: object, index: int | None) -> None:
             if state_of(request, index) is not None:
@@ -347,25 +364,25 @@ class Replicator:
         doc_id: str,
         before: conflicts.ConflictingRevision,
         remote_rev: str,
-    ) -> None:
+    ) -> str | None:
         """A pulled revision that does not descend from the local one is a conflict: resolve
-        it now, as Couchbase Lite's replicator does."""
+        it now, as Couchbase Lite's replicator does. ``None``: there was no conflict; ``""``:
+        resolved; otherwise what went wrong (a resolver's bug leaves the conflict, never the
+        sync). Blocking: runs on the writer thread."""
         store = cast(conflicts.ResolvableCollection, collection)
         try:
             history = store.rev_history(doc_id, remote_rev)
             if not history or before.rev_id in history:
-                return  # not stored, or a plain update
+                return None  # not stored, or a plain update
             remote = _revision(collection, doc_id, remote_rev)
             if remote is None:
-                return
+                return None
             conflict = conflicts.Conflict(doc_id, before, remote)
             outcome = conflicts.decide(conflict, self._resolver.resolve(conflict))
             conflicts.apply(store, conflict, outcome)
-        except Exception as exc:  # a resolver's bug leaves the conflict, never the sync
-            self.stats.record_error(f"resolving the conflict on '{doc_id}' failed: {exc}")
-            log.warning("resolving the conflict on %r failed: %r", doc_id, exc)
-            return
-        self.resolved_conflicts.append(doc_id)
+        except Exception as exc:
+            return f"resolving the conflict on '{doc_id}' failed: {exc!r}"
+        return ""
 
     def _pull_caught_up(self, index: int | None) -> None:
         state = self._by_index.get(index)
