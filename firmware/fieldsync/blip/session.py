@@ -277,14 +277,18 @@ def _batch_target(ws: object) -> tuple[Any, Any, Callable[[], Awaitable[None]]] 
     return wsproto, transport, drain
 
 
+#: Bytes counted for a request besides its body (properties, objects).
+_REQUEST_OVERHEAD = 256
+
+
 def _message_size(message: Message) -> int:
-    """What a queued request holds, roughly: its body plus a fixed allowance for the rest."""
-    return len(message.body) + 256
+    """What a queued request holds in memory, roughly (a spooled body is on disk)."""
+    return len(message.body) + _REQUEST_OVERHEAD
 
 
-def _running_size(message: Message) -> int:
-    """What a request's handler holds once it runs (a spooled body is read back for it)."""
-    return (message.spooled.size if message.spooled is not None else len(message.body)) + 256
+def _body_size(message: Message) -> int:
+    """The request's body size (a spooled body is read back for its handler)."""
+    return message.spooled.size if message.spooled is not None else len(message.body)
 
 
 #: One lock per event loop: spooled bodies are read back into memory one message at a time.
@@ -531,7 +535,8 @@ class BLIPSession:
                 return  # resumed when a handler finishes
             if self._protocol.pending_reply_bytes > budget:
                 return  # resumed when replies have gone out or a handler finishes
-            size = _running_size(queued[0])
+            body_size = _body_size(queued[0])
+            size = body_size + _REQUEST_OVERHEAD
             if (
                 self._handler_tasks
                 and self._running_bytes + size > limits.max_running_request_bytes
@@ -540,7 +545,7 @@ class BLIPSession:
             message = queued.popleft()
             self._queued_bytes -= _message_size(message)
             profile = message.profile or ""
-            if size - 256 > limits.max_ordinary_body and profile not in self._large_profiles:
+            if body_size > limits.max_ordinary_body and profile not in self._large_profiles:
                 if message.spooled is not None:
                     message.spooled.close()
                 if not message.no_reply:
