@@ -18,6 +18,8 @@ _scalars = (
     | st.integers(min_value=-(2**80), max_value=2**80)
     | st.floats(allow_nan=False, allow_infinity=False)
     | st.text()
+    # strings that look like numbers, nulls and escapes (the float guard looks past strings)
+    | st.text(alphabet='"\\0123456789eE.+-nul ')
 )
 _values = st.recursive(
     _scalars,
@@ -92,3 +94,13 @@ def test_errors_are_json_errors() -> None:
 def test_floats_spelled_as_json_spells_them(value: float) -> None:
     assert fastjson.dumps([value]) == json.dumps([value], separators=(",", ":")).encode()
     assert fastjson.dumps_canonical({"f": value}) == _canonical({"f": value})
+
+
+def test_hex_strings_take_the_fast_path() -> None:
+    """A changes list or a body full of revIDs and digests is not mistaken for floats (the
+    guard only looks outside strings), so orjson's output is used as it is."""
+    entries = [[n, f"doc-{n:06}", f"{n}-3e5{n:037x}", n % 2 == 0, 1024] for n in range(200)]
+    out = fastjson.dumps(entries)
+    assert out == json.dumps(entries, separators=(",", ":")).encode()
+    assert not fastjson._special(out)
+    assert fastjson._special(fastjson.dumps([1e16])) and fastjson._special(b'["\\"",null]')
