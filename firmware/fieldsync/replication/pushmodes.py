@@ -37,7 +37,10 @@ def spell_rev_tree(
     collection: ReplicatedCollection, revision: Revision, known: list[str], max_history: int
 ) -> SpelledRev:
     """Rev-tree spelling: the revID, its ancestry cut after the first one the peer knows."""
-    ancestry = collection.rev_history(revision.doc_id, revision.rev_id)[1:]
+    if revision.rev_id.startswith("1-"):
+        ancestry: list[str] = []  # a first revision has none: no need to read the tree
+    else:
+        ancestry = collection.rev_history(revision.doc_id, revision.rev_id)[1:]
     sent = decisions.history_to_send(ancestry, known, max_history)
     return SpelledRev(
         revision.rev_id, format_history(sent) if sent else None, [(k, k) for k in known]
