@@ -1,6 +1,6 @@
 """Large incoming messages go to spool files, not memory (issue 11, bounded memory per
-connection): handlers still get them whole, one at a time per process, and a connection that
-ends mid-message leaves no spooled bytes behind."""
+connection): handlers still get them whole within a process-wide budget, large replies are
+copied from their file, and a connection that ends mid-message leaves no spooled bytes behind."""
 
 from __future__ import annotations
 
@@ -8,15 +8,16 @@ import asyncio
 import contextlib
 from pathlib import Path
 
+import pytest
 from tests.blip.test_blip_limits import MiB, Peer, start
 from tests.blip.test_blip_session import TIMEOUT, blip_pair
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
-from fieldsync.blip import BLIPConnectionClosed, BLIPSession, IncomingRequest
+from fieldsync.blip import BLIPConnectionClosed, BLIPError, BLIPSession, IncomingRequest
 from fieldsync.blip.frame import MORE_COMING, MessageType
-from fieldsync.blip.spool import SPOOL_BUDGET
+from fieldsync.blip.spool import READ_BACK_BUDGET, SPOOL_BUDGET
 
 
 def large_echo(seen: list[int], active: list[int]) -> object:
@@ -63,20 +64,46 @@ async def test_large_body_for_an_ordinary_profile_gets_413_unread() -> None:
     assert seen == [-1]  # the handler ran only for the small one
 
 
-async def test_spooled_bodies_are_read_back_one_at_a_time() -> None:
+async def test_a_large_handler_can_wait_for_a_large_reply() -> None:
+    """A handler holding a large request body asks its peer for a large reply (as the puller
+    fetches a blob for a pushed document): the reply arrives in a spool file and is copied
+    from there; nothing waits for the handler to finish first (no deadlock)."""
+    blob = bytes(range(256)) * (5 * MiB // 256)
+
+    def setup(session: BLIPSession) -> None:
+        async def rev(request: IncomingRequest) -> None:
+            reply = await session.request("getAttachment", {})
+            assert reply is not None and reply.spooled is not None
+            with pytest.raises(BLIPError):  # too large to read back as a plain body
+                _ = reply.body
+            copied = bytearray()
+            await asyncio.to_thread(reply.spooled.copy_to, copied.extend)
+            request.respond({"doc": str(len(request.body)), "blob": str(len(copied))})
+            assert bytes(copied) == blob
+
+        session.register("rev", rev, large_bodies=True)
+
+    async with blip_pair(setup) as pair:
+        pair.client.register("getAttachment", lambda r: r.respond({}, blob))
+        reply = await asyncio.wait_for(pair.client.request("rev", {}, b"d" * (3 * MiB)), TIMEOUT)
+    assert reply is not None and not reply.is_error, reply
+    assert reply.properties == {"doc": str(3 * MiB), "blob": str(len(blob))}
+
+
+async def test_read_back_past_the_process_budget_gets_503_at_once() -> None:
     seen: list[int] = []
-    active: list[int] = []
-    body = b"z" * (3 * MiB)
-    setup = large_echo(seen, active)
-    async with blip_pair(setup) as one, blip_pair(setup) as two:  # type: ignore[arg-type]
-        replies = await asyncio.wait_for(
-            asyncio.gather(
-                *(p.client.request("rev", {}, body) for p in (one, two, one, two)),
-            ),
-            TIMEOUT,
-        )
-    assert all(r is not None and not r.is_error for r in replies)
-    assert seen == [1, 1, 1, 1]  # never two large handlers at once
+    before = READ_BACK_BUDGET.used
+    READ_BACK_BUDGET.used = READ_BACK_BUDGET.limit - 1 * MiB  # as if others held the rest
+    try:
+        async with blip_pair(large_echo(seen, [])) as pair:  # type: ignore[arg-type]
+            big = await asyncio.wait_for(pair.client.request("rev", {}, b"z" * (3 * MiB)), TIMEOUT)
+            small = await asyncio.wait_for(pair.client.request("rev", {}, b"z" * 1000), TIMEOUT)
+        assert big is not None and big.error_code == 503
+        assert small is not None and not small.is_error
+        assert seen == [1]  # only the small one reached the handler
+        assert READ_BACK_BUDGET.used == READ_BACK_BUDGET.limit - 1 * MiB
+    finally:
+        READ_BACK_BUDGET.used = before
 
 
 async def test_connection_ending_mid_message_returns_its_spool() -> None:

@@ -13,6 +13,7 @@ __all__ = [
     "CLOSE_POLICY_VIOLATION",
     "CLOSE_TRY_AGAIN_LATER",
     "DEFAULT_LIMITS",
+    "MAX_READ_BACK_BYTES",
     "MAX_SPOOLED_BYTES",
     "MAX_WEBSOCKET_MESSAGE",
     "BLIPLimits",
@@ -21,6 +22,12 @@ __all__ = [
 #: Largest WebSocket message (= one BLIP frame) accepted. LiteCore never sends frames larger
 #: than 16 KiB (header included); twice that leaves room for other senders' headers.
 MAX_WEBSOCKET_MESSAGE = 32 * 1024
+
+#: Bytes of spooled request bodies all connections of a process may hold in memory at once,
+#: read back for their handlers (a 50 MB document and then some). A large request that would
+#: pass it gets HTTP/503 at once (the phone retries it later) rather than waiting: its handler
+#: could be waiting, in turn, for a reply that needs the room.
+MAX_READ_BACK_BYTES = 96 * 1024 * 1024
 
 #: The least ``max_incoming_memory``: a message's properties (at most 100 KiB, see
 #: ``properties.MAX_PROPERTIES_SIZE``) are always parsed in memory.
@@ -50,9 +57,10 @@ class BLIPLimits:
 
     ``max_incoming_memory``: uncompressed bytes of partly received messages kept in memory.
     Beyond it, the body of the message being received goes to an anonymous temporary file
-    (in the session's ``spool_dir``), so a large document, or a
-    peer streaming junk up to ``max_message_size``, costs disk, not RAM. A spooled body is
-    read back only when its handler runs, one spooled message at a time per event loop.
+    (in the session's ``spool_dir``), so a large document, or a peer streaming junk up to
+    ``max_message_size``, costs disk, not RAM. A spooled request body is read back only when
+    its handler runs, within ``MAX_READ_BACK_BYTES`` for the whole process; a spooled reply
+    stays in its file for the requester (``IncomingResponse.spooled``).
 
     ``max_ordinary_body``: the largest body of a request whose profile was not registered for
     large bodies (``BLIPSession.register(..., large_bodies=True)``); larger ones get HTTP/413.

@@ -16,7 +16,6 @@ import functools
 import inspect
 import logging
 import time
-import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
@@ -32,6 +31,7 @@ from .events import RequestReceived, ResponseReceived
 from .limits import CLOSE_POLICY_VIOLATION, BLIPLimits
 from .message import Message
 from .protocol import BLIPProtocol
+from .spool import READ_BACK_BUDGET, Spool
 
 __all__ = ["BLIPSession", "Handler", "IncomingRequest", "IncomingResponse", "WebSocketLike"]
 
@@ -154,20 +154,40 @@ class IncomingRequest:
 
 
 class IncomingResponse:
-    """The peer's reply to one of our requests (possibly an error reply)."""
+    """The peer's reply to one of our requests (possibly an error reply).
 
-    __slots__ = ("_message",)
+    A large body arrives in a spool file (:attr:`spooled`): a consumer that expects one (a
+    blob) reads it from there in chunks, off the event loop. :attr:`body` reads a spooled body
+    back only up to ``max_body`` bytes (``BLIPLimits.max_ordinary_body``); beyond, it raises
+    :class:`BLIPError` (HTTP 413), so a peer answering a small request with a huge reply costs
+    nothing.
+    """
 
-    def __init__(self, message: Message) -> None:
+    __slots__ = ("_body", "_max_body", "_message")
+
+    def __init__(self, message: Message, max_body: int | None = None) -> None:
         self._message = message
+        self._max_body = max_body
+        self._body: bytes | None = None if message.spooled is not None else message.body
 
     @property
     def properties(self) -> dict[str, str]:
         return self._message.properties
 
     @property
+    def spooled(self) -> Spool | None:
+        """The body's spool file, if it was too large to keep in memory (else ``None``)."""
+        return self._message.spooled
+
+    @property
     def body(self) -> bytes:
-        return self._message.body
+        if self._body is None:
+            spool = self._message.spooled
+            assert spool is not None
+            if self._max_body is not None and spool.size > self._max_body:
+                raise BLIPError("HTTP", 413, f"reply body of {spool.size} bytes is too large")
+            self._body = spool.read()  # small: a read from the page cache
+        return self._body
 
     @property
     def is_error(self) -> bool:
@@ -202,7 +222,9 @@ class IncomingResponse:
     def __repr__(self) -> str:
         if self.is_error:
             return f"<IncomingResponse error {self.error_domain}/{self.error_code}>"
-        return f"<IncomingResponse {self.properties!r} body={len(self.body)} bytes>"
+        spool = self._message.spooled
+        size = spool.size if spool is not None else len(self._message.body)
+        return f"<IncomingResponse {self.properties!r} body={size} bytes>"
 
 
 Handler = Callable[[IncomingRequest], Awaitable[None] | None]
@@ -289,20 +311,6 @@ def _message_size(message: Message) -> int:
 def _body_size(message: Message) -> int:
     """The request's body size (a spooled body is read back for its handler)."""
     return message.spooled.size if message.spooled is not None else len(message.body)
-
-
-#: One lock per event loop: spooled bodies are read back into memory one message at a time.
-_spool_gates: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def _spool_gate() -> asyncio.Lock:
-    loop = asyncio.get_running_loop()
-    gate = _spool_gates.get(loop)
-    if gate is None:
-        gate = _spool_gates[loop] = asyncio.Lock()
-    return gate
 
 
 async def _read_spooled(message: Message) -> Message:
@@ -568,23 +576,30 @@ class BLIPSession:
             self._start_handlers()
 
     async def _run_handler(self, handler: Handler, message: Message) -> None:
-        if message.spooled is None:
+        spool = message.spooled
+        if spool is None:
             await self._call_handler(handler, IncomingRequest(self, message))
             return
-        async with _spool_gate():  # one large body in memory at a time
-            if self.closed:
-                message.spooled.close()
-                return
+        # Read back for its handler, within the process's budget. Never waiting for room: a
+        # handler may itself wait for replies (a blob), and those must never wait for it.
+        size = spool.size
+        if self.closed or not READ_BACK_BUDGET.try_take(size):
+            spool.close()
+            if not message.no_reply and not self.closed:
+                self._send_error(message.number, "HTTP", 503, "too busy for a body this large")
+            return
+        try:
             try:
                 message = await _read_spooled(message)
             except OSError as exc:
-                log.error(
-                    "%s: cannot read back spooled request #%d: %s", self.name, message.number, exc
-                )
+                number = message.number
+                log.error("%s: cannot read back spooled request #%d: %s", self.name, number, exc)
                 if not message.no_reply and not self.closed:
                     self._send_error(message.number, "HTTP", 507, "cannot read request body")
                 return
             await self._call_handler(handler, IncomingRequest(self, message))
+        finally:
+            READ_BACK_BUDGET.give_back(size)
 
     async def _call_handler(self, handler: Handler, request: IncomingRequest) -> None:
         try:
@@ -603,25 +618,8 @@ class BLIPSession:
         if future is None or future.done():
             if message.spooled is not None:
                 message.spooled.close()
-        elif message.spooled is not None:
-            task = asyncio.create_task(self._resolve_spooled(future, message))
-            self._handler_tasks.add(task)
-            task.add_done_callback(functools.partial(self._handler_done, size=0))
-        else:
-            future.set_result(IncomingResponse(message))
-
-    async def _resolve_spooled(
-        self, future: asyncio.Future[IncomingResponse], message: Message
-    ) -> None:
-        async with _spool_gate():
-            try:
-                message = await _read_spooled(message)
-            except OSError as exc:
-                if not future.done():
-                    future.set_exception(exc)
-                return
-        if not future.done():
-            future.set_result(IncomingResponse(message))
+        else:  # a spooled body stays in its file: see IncomingResponse.spooled
+            future.set_result(IncomingResponse(message, self._limits.max_ordinary_body))
 
     # --------------------------------------------------------------- output
 

@@ -9,12 +9,18 @@ from __future__ import annotations
 
 import tempfile
 import threading
+from collections.abc import Callable
 from typing import BinaryIO
 
 from .errors import BLIPLimitExceeded, BLIPProtocolError
-from .limits import CLOSE_MESSAGE_TOO_BIG, CLOSE_TRY_AGAIN_LATER, MAX_SPOOLED_BYTES
+from .limits import (
+    CLOSE_MESSAGE_TOO_BIG,
+    CLOSE_TRY_AGAIN_LATER,
+    MAX_READ_BACK_BYTES,
+    MAX_SPOOLED_BYTES,
+)
 
-__all__ = ["SPOOL_BUDGET", "Spool", "SpoolBudget"]
+__all__ = ["READ_BACK_BUDGET", "SPOOL_BUDGET", "Spool", "SpoolBudget"]
 
 Buffer = bytes | bytearray | memoryview
 
@@ -40,6 +46,15 @@ class SpoolBudget:
             self.used += n
             self.total += n
 
+    def try_take(self, n: int) -> bool:
+        """Take ``n`` bytes if they fit (``True``), else take nothing (``False``)."""
+        with self._lock:
+            if self.used + n > self.limit:
+                return False
+            self.used += n
+            self.total += n
+            return True
+
     def give_back(self, n: int) -> None:
         with self._lock:
             self.used -= n
@@ -47,6 +62,8 @@ class SpoolBudget:
 
 #: The budget every spool of this process shares.
 SPOOL_BUDGET = SpoolBudget(MAX_SPOOLED_BYTES)
+#: Bytes of spooled request bodies read back for their handlers, process-wide.
+READ_BACK_BUDGET = SpoolBudget(MAX_READ_BACK_BYTES)
 
 
 class Spool:
@@ -86,6 +103,19 @@ class Spool:
         if len(data) != self.size:  # pragma: no cover - the file is ours alone
             raise OSError(f"spool file holds {len(data)} bytes, expected {self.size}")
         return data
+
+    def copy_to(self, write: Callable[[bytes], object], chunk: int = 1024 * 1024) -> None:
+        """Pass the body to ``write`` in chunks (blocking file I/O: off the event loop)."""
+        if self._file is None:
+            raise ValueError("spool is closed")
+        self._file.seek(0)
+        left = self.size
+        while left > 0:
+            data = self._file.read(min(chunk, left))
+            if not data:  # pragma: no cover - the file is ours alone
+                raise OSError(f"spool file ended {left} bytes early")
+            write(data)
+            left -= len(data)
 
     def close(self) -> None:
         """Delete the file and return its bytes to the budget (idempotent)."""

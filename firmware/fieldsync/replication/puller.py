@@ -399,7 +399,7 @@ class Puller:
         if reply.is_error and reply.error_code == 404:
             # No proveAttachment handler, or the peer lacks the blob: sending it proves it (SG).
             await self._fetch_blob(digest, doc_id, index)
-        elif reply.is_error or reply.body != blob_proof(nonce, data).encode():
+        elif reply.is_error or reply.spooled or reply.body != blob_proof(nonce, data).encode():
             raise BlobProofError(
                 f"peer did not prove it has blob {digest} named by '{doc_id}'"
                 + (f": {reply.error_domain} {reply.error_code}" if reply.is_error else "")
@@ -417,10 +417,17 @@ class Puller:
                 f"peer could not send blob {digest} of '{doc_id}': "
                 f"{reply.error_domain} {reply.error_code} {reply.error_message}"
             )
+        spool = reply.spooled
         try:
             with self._database.blobs.writer(expected_digest=digest) as writer:
-                writer.write(reply.body)
+                if spool is None:
+                    writer.write(reply.body)
+                else:  # a large blob: copied from its spool file, never whole in memory
+                    await asyncio.to_thread(spool.copy_to, writer.write)
                 writer.finish()
         except StoreError as exc:
             raise BlobFetchError(f"blob {digest} of '{doc_id}' was not stored: {exc}") from exc
+        finally:
+            if spool is not None:
+                spool.close()
         self._stats.blobs_in += 1
