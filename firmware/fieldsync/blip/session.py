@@ -179,6 +179,14 @@ class IncomingResponse:
         """The body's spool file, if it was too large to keep in memory (else ``None``)."""
         return self._message.spooled
 
+    async def read_body(self) -> bytes:
+        """The whole body, however large: a spooled one is read back off the event loop."""
+        if self._body is None:
+            spool = self._message.spooled
+            assert spool is not None
+            self._body = await asyncio.to_thread(spool.read)
+        return self._body
+
     @property
     def body(self) -> bytes:
         if self._body is None:
