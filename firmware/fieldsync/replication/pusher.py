@@ -315,13 +315,19 @@ class Pusher:
             self._rev_queue.append(item)
         self._revs_outstanding += 1
         self._revs_idle.clear()
-        if self._sender is None:
-            self._sender = asyncio.get_running_loop().create_task(self._send_revs())
-            self._tasks.add(self._sender)
-            self._sender.add_done_callback(self._sender_done)
+        # A sender that has left its loop but whose done-callback has not run yet is done:
+        # start another, or this revision would wait forever.
+        if self._sender is None or self._sender.done():
+            self._start_sender()
+
+    def _start_sender(self) -> None:
+        self._sender = asyncio.get_running_loop().create_task(self._send_revs())
+        self._tasks.add(self._sender)
+        self._sender.add_done_callback(self._sender_done)
 
     def _sender_done(self, task: asyncio.Task[None]) -> None:
-        self._sender = None
+        if self._sender is task:
+            self._sender = None
         self._task_done(task)
         if self.failed is not None:
             self._revs_idle.set()  # wait_idle raises the failure
