@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fieldsync import safejson
-from fieldsync.blip import BLIPSession, IncomingRequest
+from fieldsync.blip import BLIPError, BLIPSession, IncomingRequest, IncomingResponse
 from fieldsync.replication import decisions
 from fieldsync.replication.blobs import blob_proof
 from fieldsync.replication.deltas import (
@@ -399,7 +399,7 @@ class Puller:
         if reply.is_error and reply.error_code == 404:
             # No proveAttachment handler, or the peer lacks the blob: sending it proves it (SG).
             await self._fetch_blob(digest, doc_id, index)
-        elif reply.is_error or reply.spooled or reply.body != blob_proof(nonce, data).encode():
+        elif reply.is_error or _body_or_nothing(reply) != blob_proof(nonce, data).encode():
             raise BlobProofError(
                 f"peer did not prove it has blob {digest} named by '{doc_id}'"
                 + (f": {reply.error_domain} {reply.error_code}" if reply.is_error else "")
@@ -431,3 +431,11 @@ class Puller:
             if spool is not None:
                 spool.close()
         self._stats.blobs_in += 1
+
+
+def _body_or_nothing(reply: IncomingResponse) -> bytes:
+    """A reply's body, or ``b""`` if it is too large to be what was asked for."""
+    try:
+        return reply.body
+    except BLIPError:
+        return b""
