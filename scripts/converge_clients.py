@@ -91,6 +91,7 @@ async def run(clients: int, docs: int, rounds: int, seed: int) -> dict[str, Any]
                 if not moved:
                     break
             want = winners(device)
+            on_device = device.default_collection
             examples = []
             disagree = 0
             for n, db in enumerate(dbs):
@@ -98,11 +99,15 @@ async def run(clients: int, docs: int, rounds: int, seed: int) -> dict[str, Any]
                     if want.get(doc_id) != w:
                         disagree += 1
                         if len(examples) < 5:
-                            leaves = db.default_collection.leaf_revisions(doc_id)
                             examples.append(
-                                {"client": n, "doc": doc_id, "device": want.get(doc_id),
-                                 "client_has": w, "client_leaves": leaves,
-                                 "device_leaves": device.default_collection.leaf_revisions(doc_id)}
+                                {
+                                    "client": n,
+                                    "doc": doc_id,
+                                    "device": want.get(doc_id),
+                                    "client_has": w,
+                                    "client_leaves": db.default_collection.leaf_revisions(doc_id),
+                                    "device_leaves": on_device.leaf_revisions(doc_id),
+                                }
                             )
             open_conflicts = sum(
                 1 for db in [device, *dbs] for d in want if db.default_collection.is_conflicted(d)
