@@ -32,7 +32,7 @@ import os
 import signal
 import sys
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -40,9 +40,6 @@ from _pytest.reports import TestReport
 from _pytest.runner import runtestprotocol
 from tests.interop.fieldsync_side import ConnectionRecorder
 from tests.interop.litecore import CblTools, LiteCore, LiteDatabase
-
-from fieldsync.listener import URLEndpointListener, URLEndpointListenerConfiguration
-from fieldsync.store import Database
 
 LIB_ENV = "FIELDSYNC_LITECORE_LIB"
 LIB41_ENV = "FIELDSYNC_LITECORE41_LIB"
@@ -186,25 +183,6 @@ def _load(
 
 
 # -- the device side most interop tests share (a test module overrides what it needs) -----------
-
-
-@pytest.fixture
-def device_db(tmp_path: Path) -> Iterator[Database]:
-    """The device's database, in a fresh folder."""
-    db = Database.open(tmp_path / "device", create=True)
-    yield db
-    db.close()
-
-
-@pytest.fixture
-async def listener(device_db: Database) -> AsyncIterator[URLEndpointListener]:
-    """fieldsync's listener serving ``device_db`` on a free loopback port, plain ws://."""
-    server = URLEndpointListener(
-        URLEndpointListenerConfiguration(database=device_db, port=0, disable_tls=True)
-    )
-    await server.start()
-    yield server
-    await server.stop()
 
 
 @pytest.fixture

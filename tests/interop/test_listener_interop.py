@@ -8,8 +8,6 @@ Skipped without ``FIELDSYNC_LITECORE_LIB`` or when ``fieldsync.listener`` cannot
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -29,22 +27,6 @@ URLEndpointListenerConfiguration = listener_mod.URLEndpointListenerConfiguration
 Database = store_mod.Database
 
 TIMEOUT = 60.0
-
-
-@pytest.fixture
-def device_db(tmp_path: Path) -> Iterator[Any]:
-    db = Database.open(tmp_path / "device", create=True)
-    yield db
-    db.close()
-
-
-@pytest.fixture
-async def listener(device_db: Any) -> AsyncIterator[Any]:
-    config = URLEndpointListenerConfiguration(database=device_db, port=0, disable_tls=True)
-    server = URLEndpointListener(config)
-    await server.start()
-    yield server
-    await server.stop()
 
 
 def url(server: Any, name: str = "device", scheme: str = "ws") -> str:

@@ -6,8 +6,9 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from tests.support.fixtures import serving
 
-from fieldsync.listener import URLEndpointListener, URLEndpointListenerConfiguration
+from fieldsync.listener import URLEndpointListener
 from fieldsync.store import Database
 
 
@@ -15,10 +16,6 @@ from fieldsync.store import Database
 async def served(tmp_path: Path) -> AsyncIterator[tuple[URLEndpointListener, Database]]:
     """A listener on a free loopback port (plain ws://) serving a fresh database ``db``."""
     db = Database.open(tmp_path / "db")
-    listener = URLEndpointListener(
-        URLEndpointListenerConfiguration(database=db, port=0, disable_tls=True)
-    )
-    await listener.start()
-    yield listener, db
-    await listener.stop()
+    async with serving(db) as listener:
+        yield listener, db
     db.close()

@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from fieldsync.listener import URLEndpointListener, URLEndpointListenerConfiguration
+from fieldsync.listener import URLEndpointListener
 from fieldsync.store import Database
-
-
-@pytest.fixture
-def device_db(tmp_path: Path) -> Iterator[Database]:
-    db = Database.open(tmp_path / "device", create=True)
-    yield db
-    db.close()
 
 
 @pytest.fixture
@@ -23,15 +16,6 @@ def phone_db(tmp_path: Path) -> Iterator[Database]:
     db = Database.open(tmp_path / "phone", create=True)
     yield db
     db.close()
-
-
-@pytest.fixture
-async def listener(device_db: Database) -> AsyncIterator[URLEndpointListener]:
-    config = URLEndpointListenerConfiguration(database=device_db, port=0, disable_tls=True)
-    server = URLEndpointListener(config)
-    await server.start()
-    yield server
-    await server.stop()
 
 
 def url_for(listener: URLEndpointListener, name: str = "device") -> str:

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from tests.listener.raw_blip import CBMOBILE_4, RawClient
 from tests.replication.vv_phone import VVPhone
+from tests.support.fixtures import serving
 from websockets.asyncio.client import connect
 
 from fieldsync.listener import URLEndpointListener, URLEndpointListenerConfiguration
@@ -414,12 +415,8 @@ async def old_device(tmp_path: Path) -> AsyncIterator[tuple[Any, Database]]:
     conn.executescript(fixture.read_text())
     conn.close()
     db = Database.open(directory)
-    server = URLEndpointListener(
-        URLEndpointListenerConfiguration(database=db, port=0, disable_tls=True)
-    )
-    await server.start()
-    yield server, db
-    await server.stop()
+    async with serving(db) as server:
+        yield server, db
     db.close()
 
 

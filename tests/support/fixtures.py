@@ -2,13 +2,45 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 from tests.support.databases import DatabaseFactory, open_databases
 from tests.support.pki import TestPKI
+
+from fieldsync.listener import URLEndpointListener, URLEndpointListenerConfiguration
+from fieldsync.store import Database
+
+
+@contextlib.asynccontextmanager
+async def serving(database: Database) -> AsyncIterator[URLEndpointListener]:
+    """A listener serving ``database`` on a free loopback port, plain ws://, while in use."""
+    server = URLEndpointListener(
+        URLEndpointListenerConfiguration(database=database, port=0, disable_tls=True)
+    )
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+@pytest.fixture
+def device_db(tmp_path: Path) -> Iterator[Database]:
+    """The device's database, in a fresh folder."""
+    db = Database.open(tmp_path / "device", create=True)
+    yield db
+    db.close()
+
+
+@pytest.fixture
+async def listener(device_db: Database) -> AsyncIterator[URLEndpointListener]:
+    """fieldsync's listener serving ``device_db`` (see :func:`serving`)."""
+    async with serving(device_db) as server:
+        yield server
 
 
 @pytest.fixture
