@@ -3,6 +3,9 @@ listener configuration (here: the free-space reserve that guards pushes)."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -42,3 +45,29 @@ def test_agent_setting_reaches_the_listener_configuration(db: Database, tmp_path
     )
     settings = Agent(config)._serve_settings()
     assert assemble({"db": db}, settings).configuration.min_free_bytes == 0  # no reserve
+
+
+def _modules_after_build_parser(argv: list[str]) -> set[str]:
+    """The modules a fresh interpreter holds after building the parser for ``argv``."""
+    script = (
+        "import json, sys\n"
+        "from fieldsync.cli.main import build_parser\n"
+        f"build_parser({argv!r})\n"
+        "print(json.dumps(sorted(sys.modules)))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=60
+    )
+    return set(json.loads(done.stdout))
+
+
+def test_a_subcommand_loads_only_its_own_module() -> None:
+    """``fieldsync run`` does not carry the agent's mDNS library (memory, issue 13); without a
+    subcommand every one is loaded, so ``fieldsync --help`` still lists them all."""
+    run_only = _modules_after_build_parser(["-v", "run", "--no-tls"])
+    assert "fieldsync.cli.run" in run_only
+    assert "fieldsync.cli.agent" not in run_only
+    assert "zeroconf" not in run_only
+    every = _modules_after_build_parser([])
+    assert {"fieldsync.cli.agent", "fieldsync.cli.status", "zeroconf"} <= every
+    assert "status" in build_parser([]).format_help()

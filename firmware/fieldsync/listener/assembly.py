@@ -1,14 +1,13 @@
 """The composition root: one place that turns settings into a listener.
 
 ``fieldsync run`` and the agent both build their listener here, so they open the keystore,
-pick the TLS identity (one alias rule), build the authenticator, run the event loop (uvloop)
-and log (to stderr) the same way. Everything a user can get wrong on the way is an
+pick the TLS identity (one alias rule), build the authenticator, and run the event loop (uvloop)
+the same way. Everything a user can get wrong on the way is an
 ``AssemblyError`` with one line that says what to fix; the callers print it and exit 1.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +39,6 @@ __all__ = [
     "AssemblyError",
     "ServeSettings",
     "assemble",
-    "configure_logging",
     "load_authenticator",
     "open_keystore",
     "resolve_identity",
@@ -51,9 +49,6 @@ __all__ = [
 T = TypeVar("T")
 
 MIB = 1024 * 1024
-
-#: Log line format of every fieldsync command (stderr).
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 class AssemblyError(FieldsyncError):
@@ -185,13 +180,6 @@ def assemble(
 def run_event_loop(main: Coroutine[Any, Any, T]) -> T:
     """Run ``main`` on uvloop (every long-running fieldsync command uses this)."""
     return uvloop.run(main)
-
-
-def configure_logging(level: int = logging.INFO) -> None:
-    """Log to stderr (never stdout, which carries a command's output), one line per record."""
-    logging.basicConfig(level=level, format=LOG_FORMAT)
-    if level > logging.DEBUG:
-        logging.getLogger("websockets").setLevel(logging.WARNING)
 
 
 def _reason(exc: BaseException) -> str:
