@@ -51,7 +51,7 @@ def core_large_message(size: int, compressed: bool) -> float:
         for frame in b.frames_to_send():
             a.receive_frame(frame)
     elapsed = time.perf_counter() - start
-    assert received[0].message.body == body
+    assert received[0].message.read_body() == body  # spooled past the memory allowance
     return size / elapsed / 1e6
 
 

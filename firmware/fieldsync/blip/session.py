@@ -671,10 +671,19 @@ class BLIPSession:
                         )
                         return
                     continue
+                drain = self._write_frames(frame)
+                if drain is not None and not getattr(self._ws, "paused", True):
+                    del frame  # the transport takes more: nothing to wait for
+                    if self._queued:
+                        self._start_handlers()
+                    continue
                 self._sending = True
                 try:
                     async with asyncio.timeout(limits.send_timeout):
-                        await self._send_frames(frame)
+                        if drain is not None:
+                            await drain()
+                        else:
+                            await self._ws.send(frame)
                 except TimeoutError:
                     self._kill(
                         CLOSE_POLICY_VIOLATION,
@@ -696,18 +705,19 @@ class BLIPSession:
             with contextlib.suppress(Exception):
                 await self._ws.close(_INTERNAL_ERROR, "BLIP send failed")
 
-    async def _send_frames(self, frame: bytes) -> None:
-        """Send ``frame`` and the frames ready behind it (one WebSocket message each).
+    def _write_frames(self, frame: bytes) -> Callable[[], Awaitable[None]] | None:
+        """Write ``frame`` and the frames ready behind it (one WebSocket message each) to the
+        transport, without waiting, and return the connection's ``drain``; ``None`` if the
+        connection is not a ``websockets`` one (then the caller sends ``frame`` with ``send``).
 
         On a ``websockets`` connection the frames are framed by its sans-I/O protocol and
-        written to the transport with ONE write, then flow control waits once: a write (and
-        a ``send`` call with its context and timeout) per 1 KB frame was the largest cost of
-        a pull (profile, issue 13). Any other WebSocket gets one ``send`` per frame.
+        written with ONE write; the caller waits for flow control (with its timeout) only when
+        the transport is paused: a write, a ``send`` call and a timeout context per 1 KB frame
+        were the largest costs of a pull and a push (profiles, issue 13).
         """
         target = _batch_target(self._ws)
         if target is None:
-            await self._ws.send(frame)
-            return
+            return None
         wsproto, transport, drain = target
         protocol = self._protocol
         wsproto.send_binary(frame)
@@ -723,7 +733,7 @@ class BLIPSession:
             for chunk in chunks:
                 if chunk:
                     transport.write(chunk)
-        await drain()
+        return drain
 
     # ---------------------------------------------------------------- close
 
