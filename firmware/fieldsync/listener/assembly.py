@@ -8,6 +8,7 @@ the same way. Everything a user can get wrong on the way is an
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -178,7 +179,15 @@ def assemble(
 
 
 def run_event_loop(main: Coroutine[Any, Any, T]) -> T:
-    """Run ``main`` on uvloop (every long-running fieldsync command uses this)."""
+    """Run ``main`` on uvloop (every long-running fieldsync command uses this).
+
+    The cyclic garbage collector is tuned for streaming documents, whose objects die by
+    reference counting: what is loaded by now (modules, settings) lives as long as the process
+    and is frozen out of its sight, and it runs after 10,000 new objects instead of 700. A
+    10,000-document push spent 51 ms in it, now 27 ms (perf, issue 13)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(10_000, 10, 10)
     return uvloop.run(main)
 
 
