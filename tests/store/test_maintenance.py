@@ -318,6 +318,9 @@ def test_full_vacuum_skipped_without_free_space(
         monkeypatch.undo()
         assert compact(db).vacuum == "full"
         assert db.engine.query("PRAGMA auto_vacuum")[0][0] == 2  # converted once
+        # The copy went to a file; savepoint journals are back in memory (2 = MEMORY).
+        with db.engine.locked() as conn:
+            assert conn.execute("PRAGMA temp_store").fetchone()[0] == 2
 
 
 def test_compaction_inside_a_write_leaves_the_write_to_its_owner(

@@ -61,6 +61,7 @@ from fieldsync.store.engine import Engine
 from fieldsync.store.integrity import check_integrity, referenced_digests
 from fieldsync.store.paths import DATABASE_FILE
 from fieldsync.store.revtree import NODE_COLUMNS, RevTree, node_from_row
+from fieldsync.store.schema import TEMP_STORE
 
 log = logging.getLogger(__name__)
 
@@ -499,7 +500,11 @@ def reclaim_space(engine: Engine, path: Path) -> str:
             # One full VACUUM converts the file to incremental auto-vacuum (LiteCore does the
             # same for databases created without it).
             conn.execute("PRAGMA auto_vacuum=incremental")
-            conn.execute("VACUUM")
+            conn.execute("PRAGMA temp_store=FILE")  # its copy of the database: not in RAM
+            try:
+                conn.execute("VACUUM")
+            finally:
+                conn.execute(f"PRAGMA temp_store={TEMP_STORE}")
             outcome = "full"
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     return outcome
