@@ -376,6 +376,9 @@ class BLIPSession:
         self._pending: dict[int, asyncio.Future[IncomingResponse]] = {}
         self._handler_tasks: set[asyncio.Task[None]] = set()
         self._writer_task: asyncio.Task[None] | None = None
+        # The loop run() reads on: handler tasks are made on it directly (asyncio.create_task
+        # asks for the running loop, a getpid() system call per request in Python 3.11).
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._wakeup = asyncio.Event()
         self._drained = asyncio.Event()
         self._closed_event = asyncio.Event()
@@ -477,6 +480,7 @@ class BLIPSession:
 
     async def run(self) -> None:
         """Read and dispatch frames until the connection closes (or a protocol error closes it)."""
+        self._loop = asyncio.get_running_loop()
         self._ensure_writer()
         unyielded = 0
         try:
@@ -579,7 +583,8 @@ class BLIPSession:
                     )
                 continue
             handler = self._handlers.get(profile, self._fallback)
-            task = asyncio.create_task(
+            loop = self._loop or asyncio.get_running_loop()
+            task = loop.create_task(
                 self._run_handler(handler, message), name=f"blip-{profile}-{message.number}"
             )
             self._running_bytes += size

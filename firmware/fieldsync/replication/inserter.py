@@ -85,12 +85,17 @@ class Inserter:
         ] = []
         self._timer: asyncio.TimerHandle | None = None
         self._committing: asyncio.Future[list[_Outcome]] | None = None
+        # Its session's loop, once known: in Python 3.11 every get_running_loop() is a
+        # getpid() system call, and insert() runs once per document (perf, issue 13).
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def insert(
         self, collection: ReplicatedCollection, revision: Incoming
     ) -> asyncio.Future[InsertResult]:
         """Queue a revision; the future resolves after its batch commits."""
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
         future: asyncio.Future[InsertResult] = loop.create_future()
         self._pending.append((collection, revision, future))
         if self._committing is not None:
