@@ -132,10 +132,17 @@ class FieldsyncServer:
 
     label = "fieldsync"
 
-    def __init__(self, db_dir: Path, log_path: Path, pin: str | None, timeout: float = 60.0):
+    def __init__(
+        self,
+        db_dir: Path,
+        log_path: Path,
+        pin: str | None,
+        timeout: float = 60.0,
+        workers: int = 1,
+    ):
         self._log = log_path.open("w")
         command = [sys.executable, "-m", "fieldsync", "run", "--db", str(db_dir)]
-        command += ["--name", "device", "--port", "0", "--no-tls"]
+        command += ["--name", "device", "--port", "0", "--no-tls", "--workers", str(workers)]
         if pin is not None:
             command = ["taskset", "-c", pin, *command]
         self.process = subprocess.Popen(
@@ -368,7 +375,7 @@ FIGURES = (
     ("pull_docs_per_second", "pull to phone, docs/s", "higher"),
     ("server_cpu_ms_per_1000_docs_push", "server CPU ms / 1,000 docs, push", "lower"),
     ("server_cpu_ms_per_1000_docs_pull", "server CPU ms / 1,000 docs, pull", "lower"),
-    ("server_peak_rss_mb", "server peak RSS, MB", "lower"),
+    ("server_tree_peak_rss_mb", "server peak RSS, MB (with its workers)", "lower"),
 )
 
 
@@ -410,6 +417,9 @@ def main() -> int:
         "--variants", default="free,pinned", help="free (nothing pinned), pinned (taskset)"
     )
     parser.add_argument("--no-reference", action="store_true", help="fieldsync only")
+    parser.add_argument(
+        "--workers", type=int, default=1, help="fieldsync run --workers (default 1)"
+    )
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--timeout", type=float, default=600.0, help="per replication, seconds")
     args = parser.parse_args()
@@ -448,7 +458,12 @@ def main() -> int:
         if isinstance(client, CtypesClient):
             lc.enable_log("warning", work / "litecore.log")
         servers.append(
-            ("fieldsync", lambda d, pin: FieldsyncServer(d, work / "fieldsync.log", pin))
+            (
+                "fieldsync",
+                lambda d, pin: FieldsyncServer(
+                    d, work / "fieldsync.log", pin, workers=args.workers
+                ),
+            )
         )
         if reference:
             servers.append(("litecore", lambda d, pin: ReferenceServer(tools, d, pin)))
@@ -496,10 +511,11 @@ def main() -> int:
         "docs": args.docs,
         "doc_size_bytes": args.doc_size,
         "phones": args.phones,
+        "fieldsync_workers": args.workers,
         "rounds": args.rounds,
         "client": client.description,
         "servers": {
-            "fieldsync": "fieldsync run --no-tls (own process)",
+            "fieldsync": f"fieldsync run --no-tls --workers {args.workers} (own process)",
             "litecore": "cblpassive (LiteCore passive replicator, own process)"
             if reference
             else "skipped",

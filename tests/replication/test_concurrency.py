@@ -6,6 +6,7 @@ orderings."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import re
@@ -15,8 +16,10 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from tests.listener.raw_blip import RawClient
 
 from fieldsync.replication.checkpoints import CollectionCheckpoint
@@ -39,6 +42,24 @@ def _replicator(db: Database, url: str, kind: ReplicatorType) -> Replicator:
 async def test_five_phones_at_once_conflicts_once_and_checkpoints_hold(
     url_of, listener, device_db, tmp_path
 ) -> None:
+    await _five_phones(url_of(listener), device_db, tmp_path)
+
+
+async def test_five_phones_on_two_worker_processes_conflict_once_and_checkpoints_hold(
+    tmp_path,
+) -> None:
+    """The same guarantees with ``fieldsync run --workers 2``: the phones' sessions are spread
+    over two processes, each with its own connections to the database."""
+    server, port = await _start_server(tmp_path / "device", workers=2)
+    try:
+        assert len(_children(server.pid)) == 2
+        with Database.open(tmp_path / "device", create=False) as device_db:
+            await _five_phones(f"ws://127.0.0.1:{port}/device", device_db, tmp_path)
+    finally:
+        _stop(server)
+
+
+async def _five_phones(url: str, device_db: Database, tmp_path: Path) -> None:
     phones = [Database.open(tmp_path / f"phone{p}") for p in range(PHONES)]
     try:
         for p, phone in enumerate(phones):
@@ -47,7 +68,6 @@ async def test_five_phones_at_once_conflicts_once_and_checkpoints_hold(
                 coll.save_document(f"p{p}-{i:04}", {"phone": p, "i": i, "pad": "x" * 200})
             for k in range(SHARED):  # every phone creates the same documents: conflicts
                 coll.save_document(f"shared-{k}", {"phone": p, "k": k})
-        url = url_of(listener)
 
         pushed = await asyncio.gather(*(_replicator(db, url, PUSH).run() for db in phones))
         device = device_db.default_collection
@@ -129,49 +149,77 @@ async def _push_raw(port: int, phone: int, acked: list[tuple[str, str]], docs: i
         await asyncio.gather(*replies, return_exceptions=True)
 
 
-async def test_acknowledged_revisions_survive_sigkill_with_three_phones(tmp_path) -> None:
-    db_dir = tmp_path / "device"
+async def _start_server(db_dir: Path, workers: int = 1) -> tuple[subprocess.Popen[str], int]:
+    """``fieldsync run`` in a session of its own (``os.killpg`` reaches its workers too);
+    returns it and its port once it prints its URL."""
     env = dict(os.environ, PYTHONPATH=str(FIRMWARE), PYTHONUNBUFFERED="1")
+    command = [sys.executable, "-m", "fieldsync", "run", "--db", str(db_dir)]
+    command += ["--name", "device", "--port", "0", "--no-tls", "--workers", str(workers)]
     server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "fieldsync",
-            "run",
-            "--db",
-            str(db_dir),
-            "--name",
-            "device",
-            "--port",
-            "0",
-            "--no-tls",
-        ],
+        command,
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
+        start_new_session=True,
     )
+    assert server.stdout is not None
+    while True:
+        line = await asyncio.to_thread(server.stdout.readline)
+        if not line:
+            _stop(server)
+            raise AssertionError("fieldsync run ended before printing its URL")
+        match = re.search(r"ws://\S+:(\d+)/device", line)
+        if match:
+            # Keep reading its output, so that it never blocks on a full pipe.
+            threading.Thread(target=server.stdout.read, daemon=True).start()
+            if workers > 1:
+                await _until(lambda: len(_children(server.pid)) == workers, "workers started")
+            return server, int(match.group(1))
+
+
+async def _until(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + 30
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for: {what}")
+        await asyncio.sleep(0.05)
+
+
+def _stop(server: subprocess.Popen[str]) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(server.pid, signal.SIGKILL)
+    server.wait(timeout=30)
+
+
+def _children(pid: int) -> set[int]:
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                stat = (entry / "stat").read_text()
+                if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                    found.add(int(entry.name))
+    return found
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_acknowledged_revisions_survive_sigkill_with_three_phones(
+    tmp_path, workers: int
+) -> None:
+    db_dir = tmp_path / "device"
+    server, port = await _start_server(db_dir, workers)
     try:
-        assert server.stdout is not None
-        port = None
-        while port is None:
-            line = await asyncio.to_thread(server.stdout.readline)
-            assert line, "fieldsync run ended before printing its URL"
-            match = re.search(r"ws://\S+:(\d+)/device", line)
-            if match:
-                port = int(match.group(1))
         acked: list[tuple[str, str]] = []
         pushes = [asyncio.create_task(_push_raw(port, p, acked, 3000)) for p in range(3)]
         while len(acked) < 600 and not all(t.done() for t in pushes):
             await asyncio.sleep(0.005)
-        server.send_signal(signal.SIGKILL)
+        os.killpg(server.pid, signal.SIGKILL)  # the server and every worker at once
         snapshot = list(acked)  # acknowledged before the kill was sent
         await asyncio.gather(*pushes, return_exceptions=True)
         assert server.wait(timeout=30) == -signal.SIGKILL
     finally:
-        if server.poll() is None:
-            server.kill()
-            server.wait()
+        _stop(server)
     assert len(snapshot) >= 1
     with Database.open(db_dir, create=False) as db:
         coll = db.default_collection
@@ -179,6 +227,29 @@ async def test_acknowledged_revisions_survive_sigkill_with_three_phones(tmp_path
             revision = coll.get_revision(doc_id, rev_id)
             assert revision is not None, f"acknowledged {doc_id} {rev_id} lost"
             assert revision.body is not None and b"yyyy" in revision.body
+
+
+async def test_a_killed_worker_is_replaced_and_the_others_keep_serving(tmp_path) -> None:
+    server, port = await _start_server(tmp_path / "device", workers=2)
+    try:
+        workers = _children(server.pid)
+        assert len(workers) == 2
+        victim = min(workers)
+        os.kill(victim, signal.SIGKILL)
+        await _until(
+            lambda: len(_children(server.pid)) == 2 and victim not in _children(server.pid),
+            f"a replacement for worker {victim}",
+        )
+        acked: list[tuple[str, str]] = []
+        await asyncio.gather(*(_push_raw(port, p, acked, 50) for p in range(4)))
+        assert len(acked) == 200
+        server.send_signal(signal.SIGTERM)  # stops the workers, then itself
+        assert server.wait(timeout=30) == 0
+        assert not _children(server.pid)
+    finally:
+        _stop(server)
+    with Database.open(tmp_path / "device", create=False) as db:
+        assert db.default_collection.count() == 200
 
 
 def test_reads_do_not_wait_for_a_write_stuck_behind_another_process(tmp_path) -> None:

@@ -5,12 +5,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
 
 from fieldsync.cli.common import add_collection_option
+from fieldsync.cli.main import LOG_FORMAT
 from fieldsync.listener import URLEndpointListener, URLEndpointListenerConfiguration
 from fieldsync.listener.assembly import (
     AssemblyError,
@@ -22,6 +25,7 @@ from fieldsync.listener.assembly import (
 from fieldsync.listener.auth import load_users_file
 from fieldsync.listener.config import DEFAULT_PORT
 from fieldsync.listener.passwords import hash_password
+from fieldsync.listener.prefork import serve_in_workers
 from fieldsync.store import Database, StoreError
 from fieldsync.store.housekeeper import Housekeeper
 from fieldsync.store.paths import default_database_path
@@ -46,6 +50,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument("--interface", help="network interface name or IP address to listen on")
     add_collection_option(parser, "serve only these collections (created if missing; repeatable)")
+    parser.add_argument(
+        "--workers",
+        type=_workers,
+        default=1,
+        metavar="N",
+        help="serve from N processes sharing the port, to use N cores with several phones "
+        "(default 1)",
+    )
     parser.add_argument("--read-only", action="store_true", help="refuse pushes from phones")
     parser.add_argument("--delta-sync", action="store_true", help="enable delta sync")
     parser.add_argument(
@@ -82,6 +94,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="accept client certificates issued by this CA (repeatable)",
     )
     parser.set_defaults(func=run)
+
+
+def _workers(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
+    return value
 
 
 def _megabytes(text: str) -> int:
@@ -130,16 +152,62 @@ def run(args: argparse.Namespace) -> int:
     except StoreError as exc:
         return _fail(f"database {path}: {exc}")
     try:
-        name = args.name or database.name
-        collections = served_collections(database, args.collection) or None
-        assembly = assemble({name: database}, _settings(args), collections=collections)
-        if assembly.identity is not None and assembly.identity.replaced:
-            print(f"fieldsync run: ERROR: {assembly.identity.replaced}", file=sys.stderr)
-        listener = URLEndpointListener(assembly.configuration)
-        run_event_loop(_serve(name, database, listener, assembly.configuration))
+        name, listener, config = _compose(args, database)
+        if args.workers == 1:
+            run_event_loop(_serve(name, database, listener, config))
+            return 0
+        # Workers: the port is reserved (and the TLS identity made, once) here; each worker
+        # listens on it with a socket of its own, and the kernel spreads new connections
+        # over them (SO_REUSEPORT: one accepting process does not take a burst of phones).
+        port = listener.bind(shared=True, listen=False)
+        _print_banner(database, listener, config, name)
+        print(f"fieldsync: serving from {args.workers} worker processes", flush=True)
     except (AssemblyError, StoreError) as exc:
         return _fail(str(exc))
     except OSError as exc:  # includes InterfaceError
+        return _fail(f"cannot listen: {exc}")
+    finally:
+        database.close()  # a worker opens its own
+    try:
+        return serve_in_workers(args.workers, lambda index: _serve_worker(args, path, port, index))
+    finally:
+        listener.unbind()
+
+
+def _compose(
+    args: argparse.Namespace, database: Database, port: int | None = None
+) -> tuple[str, URLEndpointListener, URLEndpointListenerConfiguration]:
+    name = args.name or database.name
+    collections = served_collections(database, args.collection) or None
+    settings = _settings(args)
+    if port is not None:
+        settings = dataclasses.replace(settings, port=port)
+    assembly = assemble({name: database}, settings, collections=collections)
+    if assembly.identity is not None and assembly.identity.replaced:
+        print(f"fieldsync run: ERROR: {assembly.identity.replaced}", file=sys.stderr)
+    return name, URLEndpointListener(assembly.configuration), assembly.configuration
+
+
+def _serve_worker(args: argparse.Namespace, path: Path, port: int, index: int) -> int:
+    """One worker of ``--workers``: its own database connections and its own socket on the
+    parent's port. The first one also runs the housekeeper."""
+    try:
+        database = Database.open(path, create=False)
+    except StoreError as exc:
+        return _fail(f"database {path}: {exc}")
+    try:
+        name, listener, config = _compose(args, database, port)
+        listener.bind(shared=True)
+        worker_format = LOG_FORMAT.replace(": %(message)s", f" [worker {index}]: %(message)s")
+        for handler in logging.getLogger().handlers:  # whose line is whose, on one stderr
+            handler.setFormatter(logging.Formatter(worker_format))
+        log.info("worker %d (pid %d) serving", index, os.getpid())
+        run_event_loop(
+            _serve(name, database, listener, config, banner=False, housekeeping=index == 0)
+        )
+    except (AssemblyError, StoreError) as exc:
+        return _fail(str(exc))
+    except OSError as exc:
         return _fail(f"cannot listen: {exc}")
     finally:
         database.close()
@@ -156,6 +224,9 @@ async def _serve(
     database: Database,
     listener: URLEndpointListener,
     config: URLEndpointListenerConfiguration,
+    *,
+    banner: bool = True,
+    housekeeping: bool = True,
 ) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -163,14 +234,18 @@ async def _serve(
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signum, stop.set)
     await listener.start()
-    _print_banner(database, listener, config, name)
-    housekeeper = Housekeeper(database)  # purges expired documents on time (issue 14)
-    await housekeeper.start()
+    if banner:
+        _print_banner(database, listener, config, name)
+    housekeeper = Housekeeper(database) if housekeeping else None  # expiry (issue 14)
+    if housekeeper is not None:
+        await housekeeper.start()
     try:
         await stop.wait()
     finally:
-        print("fieldsync: stopping", flush=True)
-        await housekeeper.stop()
+        if banner:
+            print("fieldsync: stopping", flush=True)
+        if housekeeper is not None:
+            await housekeeper.stop()
         await listener.stop()
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import ssl
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -129,6 +130,7 @@ class URLEndpointListener:
         self._databases = config.served()
         self._target = BindTarget.parse(config.network_interface)
         self._server: Server | None = None
+        self._socket: socket.socket | None = None  # bound, not yet served
         self._port: int | None = None
         self._tls_identity: TLSIdentity | None = None
         #: Set when the listener had to replace an unreadable anonymous identity.
@@ -171,15 +173,40 @@ class URLEndpointListener:
     def connections(self) -> list[ConnectionInfo]:
         return list(self._connections.values())
 
-    async def start(self) -> None:
-        """Open the socket and accept connections. Raises OSError/InterfaceError if it can't."""
-        if self._server is not None:
-            return
+    def bind(self, *, shared: bool = False, listen: bool = True) -> int:
+        """Open the listening socket and load the TLS identity, without accepting connections
+        yet (:meth:`start` does); return the port. ``shared``: other processes' listeners
+        bind the same port and the kernel spreads connections over them (worker processes,
+        ``fieldsync run --workers``); ``listen=False`` only reserves the port. Raises
+        OSError/InterfaceError if it can't."""
+        if self._socket is not None:
+            return self._socket.getsockname()[1]
         self._ssl_context = None
         self._tls_identity = None
         if not self.config.disable_tls:
             self._tls_identity, self._ssl_context = self._make_tls()
-        sock = open_listening_socket(self._target, self.config.port)
+        sock = open_listening_socket(
+            self._target, self.config.port, reuse_port=shared, listen=listen
+        )
+        self._socket = sock
+        self._port = sock.getsockname()[1]
+        return self._port
+
+    def unbind(self) -> None:
+        """Close the socket :meth:`bind` opened, if it was never served."""
+        if self._socket is not None:
+            self._socket.close()
+            self._socket = None
+            self._port = None
+
+    async def start(self) -> None:
+        """Accept connections, on the socket :meth:`bind` opened (opened now if it was not).
+        Raises OSError/InterfaceError if it can't."""
+        if self._server is not None:
+            return
+        self.bind()
+        sock, self._socket = self._socket, None
+        assert sock is not None
         try:
             self._server = await serve(
                 self._handle_connection,
@@ -198,8 +225,8 @@ class URLEndpointListener:
             )
         except BaseException:
             sock.close()
+            self._port = None
             raise
-        self._port = sock.getsockname()[1]
         self._loop = asyncio.get_running_loop()
         for name, database in self._databases.items():
             self._notifiers[name] = ChangeNotifier(database)
@@ -210,6 +237,7 @@ class URLEndpointListener:
         """Close every connection (WebSocket 1001) and stop listening."""
         server, self._server = self._server, None
         if server is None:
+            self.unbind()
             return
         for database in self._databases.values():
             with contextlib.suppress(ValueError):

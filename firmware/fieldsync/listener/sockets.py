@@ -55,8 +55,14 @@ def bind_socket_to_device(sock: socket.socket, interface: str) -> None:
         ) from exc
 
 
-def open_listening_socket(target: BindTarget, port: int) -> socket.socket:
-    """A listening TCP socket for ``target`` (dual-stack IPv6 where possible)."""
+def open_listening_socket(
+    target: BindTarget, port: int, *, reuse_port: bool = False, listen: bool = True
+) -> socket.socket:
+    """A listening TCP socket for ``target`` (dual-stack IPv6 where possible).
+
+    ``reuse_port``: several processes' sockets share the port and the kernel spreads new
+    connections over those listening (``SO_REUSEPORT``: worker processes). ``listen=False``
+    only reserves the port (a socket that never listens gets no connections)."""
     if target.interface is not None and not interface_exists(target.interface):
         raise InterfaceError(f"network interface {target.interface!r} does not exist")
     host = target.address
@@ -69,12 +75,15 @@ def open_listening_socket(target: BindTarget, port: int) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if family == socket.AF_INET6 and target.address is None:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         if target.interface is not None:
             bind_socket_to_device(sock, target.interface)
         sock.bind((host, port))
-        sock.listen(128)
+        if listen:
+            sock.listen(128)
         sock.setblocking(False)
     except OSError:
         sock.close()
