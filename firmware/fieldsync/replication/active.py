@@ -305,7 +305,9 @@ class Replicator:
             doc_id = request.properties.get("id", "")
             remote_rev = request.properties.get("rev", "")
             before = _current_revision(state.collection, doc_id)
-            await puller.handle_rev(request, state.collection, state.index)
+            pending = puller.handle_rev(request, state.collection, state.index)
+            if pending is not None:
+                await pending
             if before is not None and before.rev_id != remote_rev:
                 # On the writer thread, as Couchbase Lite runs resolvers off the main thread: the
                 # resolution writes, and another process may hold the write lock.

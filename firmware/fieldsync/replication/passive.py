@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 
 from fieldsync.blip import BLIPSession, IncomingRequest
@@ -286,9 +286,12 @@ class PassiveReplicator:
         if target is not None and not self._refuse_push(request):
             self.session.puller.handle_changes(request, target, index)
 
-    async def _rev(self, request: IncomingRequest, target: Target, index: int | None) -> None:
+    def _rev(
+        self, request: IncomingRequest, target: Target, index: int | None
+    ) -> Awaitable[None] | None:
         if target is not None and not self._refuse_push(request):
-            await self.session.puller.handle_rev(request, target, index)
+            return self.session.puller.handle_rev(request, target, index)
+        return None
 
     def _norev(self, request: IncomingRequest, _target: Target, index: int | None) -> None:
         self.session.puller.handle_norev(request, index)

@@ -14,6 +14,7 @@ import inspect
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from fieldsync.blip import BLIPSession, IncomingRequest
 from fieldsync.replication.blobs import BlobServer
@@ -126,27 +127,53 @@ class ReplicationSession:
         """Handle ``profile`` once the router has found the collection the message addresses
         (a message that breaks the connection's collection mode is refused here)."""
 
-        async def handle(request: IncomingRequest) -> None:
+        def handle(request: IncomingRequest) -> Awaitable[None] | None:
             try:
                 collection, index = self.router.route(profile, request.properties)
             except RoutingError as exc:
                 log.info("%s: %s refused: %s", self.name, profile, exc.message)
                 request.respond_error("HTTP", exc.status, exc.message)
-                return
+                return None
             try:
                 result = handler(request, collection, index)
-                if inspect.isawaitable(result):
-                    await result
             except Exception as exc:
-                trouble = storage_error(exc)
-                if trouble is None:
-                    raise  # a bug: the BLIP session logs it and answers 500
-                storage_trouble.report(self.name, trouble)
-                self.stats.record_error(str(trouble))
-                if not request.responded:
-                    request.respond_error("HTTP", trouble.status, str(trouble))
+                self._answer_storage_trouble(request, exc)
+                return None
+            if isinstance(result, asyncio.Future):
+                # A revision waiting for its commit (the puller answers it when it resolves).
+                result.add_done_callback(lambda done: self._after(request, done))
+                return result
+            if inspect.isawaitable(result):
+                return self._awaited(request, result)
+            return None
 
         self.blip.register(profile, handle, large_bodies=profile in LARGE_BODY_PROFILES)
+
+    async def _awaited(self, request: IncomingRequest, awaitable: Awaitable[None]) -> None:
+        try:
+            await awaitable
+        except Exception as exc:
+            self._answer_storage_trouble(request, exc)
+
+    def _after(self, request: IncomingRequest, done: asyncio.Future[Any]) -> None:
+        """A storage failure a handler's future carries is answered here, as an exception
+        ``_awaited`` catches; anything else is left to the BLIP session (logged, 500)."""
+        if done.cancelled() or request.responded:
+            return
+        exc = done.exception()
+        if isinstance(exc, Exception) and storage_error(exc) is not None:
+            self._answer_storage_trouble(request, exc)
+
+    def _answer_storage_trouble(self, request: IncomingRequest, exc: Exception) -> None:
+        """Answer a handler's storage failure (full disk, lock, I/O) with its status; re-raise
+        anything else (a bug: the BLIP session logs it and answers 500)."""
+        trouble = storage_error(exc)
+        if trouble is None:
+            raise exc
+        storage_trouble.report(self.name, trouble)
+        self.stats.record_error(str(trouble))
+        if not request.responded:
+            request.respond_error("HTTP", trouble.status, str(trouble))
 
     # -- outgoing revisions -------------------------------------------------------------------
 
