@@ -64,3 +64,54 @@ async def test_beyond_the_queue_bounds_requests_get_503() -> None:
     codes = [r.error_code if r.is_error else 200 for r in replies]
     assert codes.count(200) >= 15  # 5 running + 10 queued
     assert set(codes) <= {200, 503} and 503 in codes
+
+
+async def test_a_handler_returning_a_future_runs_until_it_resolves(caplog) -> None:
+    """A handler may answer later from a callback and return a future (the puller: a revision
+    waiting for its commit): the request counts as running until the future resolves, and a
+    future that fails unanswered is logged and answered 500, as an exception raised."""
+    limits = BLIPLimits(max_open_requests=3)
+    waiting: list[tuple[IncomingRequest, asyncio.Future[None]]] = []
+
+    def setup(session: BLIPSession) -> None:
+        session._limits = limits
+
+        def later(request: IncomingRequest) -> asyncio.Future[None]:
+            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            waiting.append((request, done))
+            return done
+
+        session.register("rev", later)
+        session.register("now", lambda request: request.respond({"at": "once"}))
+
+        def broken(request: IncomingRequest) -> None:
+            raise RuntimeError("boom")
+
+        session.register("broken", broken)
+
+    async with blip_pair(setup) as pair:
+        futures = [pair.client.send_nowait("rev", {"i": str(i)}, b"{}") for i in range(5)]
+        await pair.server_session()
+        while len(waiting) < 3:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.2)
+        assert len(waiting) == 3  # the other two wait for room
+        request, done = waiting[0]
+        request.respond({"n": "0"})
+        done.set_result(None)
+        while len(waiting) < 4:
+            await asyncio.sleep(0.01)
+        waiting[1][1].set_exception(RuntimeError("unanswered failure"))
+        while len(waiting) < 5:
+            await asyncio.sleep(0.01)
+        for request, done in waiting[2:]:
+            request.respond()
+            done.set_result(None)
+        replies = await asyncio.wait_for(asyncio.gather(*futures), TIMEOUT)  # type: ignore[arg-type]
+        now = await asyncio.wait_for(pair.client.request("now", {}), TIMEOUT)
+        assert now is not None and now.properties.get("at") == "once"
+        broken = await asyncio.wait_for(pair.client.request("broken", {}), TIMEOUT)
+        assert broken is not None and broken.error_code == 500
+    assert [r.error_code if r.is_error else 200 for r in replies] == [200, 500, 200, 200, 200]
+    failures = [r.getMessage() for r in caplog.records if "failed" in r.getMessage()]
+    assert len(failures) == 2, failures  # "broken" and the failed future
