@@ -142,7 +142,9 @@ class FieldsyncServer:
     ):
         self._log = log_path.open("w")
         command = [sys.executable, "-m", "fieldsync", "run", "--db", str(db_dir)]
-        command += ["--name", "device", "--port", "0", "--no-tls", "--workers", str(workers)]
+        command += ["--name", "device", "--port", "0", "--no-tls"]
+        if workers > 1:
+            command += ["--workers", str(workers)]
         if pin is not None:
             command = ["taskset", "-c", pin, *command]
         self.process = subprocess.Popen(

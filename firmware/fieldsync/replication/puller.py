@@ -54,6 +54,14 @@ from fieldsync.store.versions import BadVersion, Version, legacy_matches
 
 log = logging.getLogger(__name__)
 
+
+def _may_name_blobs(body: bytes) -> bool:
+    """A blob reference has a "digest" key (or hides it behind a JSON \\u escape): only such
+    a body is parsed on the loop, to fetch its blobs before it is stored. The store parses and
+    checks every body anyway (400 for one that is not a JSON object)."""
+    return b"digest" in body or b"\\u" in body
+
+
 #: Called when an announced revision is finished: (collection index, sequence). Sequences
 #: are opaque JSON values (a Sync Gateway's may be strings).
 SequenceDone = Callable[[int | None, Any], None]
@@ -259,10 +267,7 @@ class Puller:
             )
             return None
         body = request.body or b"{}"
-        # A blob reference has a "digest" key (or hides it behind a JSON \u escape). Only then
-        # is the body parsed here, to fetch the blobs it names first: the store parses and
-        # checks every body anyway (400 for one that is not a JSON object).
-        if properties.get("deltaSrc") or b"digest" in body or b"\\u" in body:
+        if properties.get("deltaSrc") or _may_name_blobs(body):
             return self._handle_rev_slowly(request, collection, index, named, body)
         self._stats.in_flight += 1
         try:
@@ -365,7 +370,7 @@ class Puller:
                 log.info("%s: %s; asking for the full body", self._session.name, exc.message)
                 request.respond_error(DELTA_ERROR_DOMAIN, DELTA_ERROR_STATUS, exc.message)
                 return
-        if b"digest" in body or b"\\u" in body:
+        if _may_name_blobs(body):
             try:
                 document = safejson.loads(body)
             except ValueError:  # JSONTooDeep included: the store answers 400 with the reason
