@@ -37,6 +37,7 @@ from fieldsync.store.versions import (
     legacy_version,
     merge,
     parse_revision,
+    parse_stored,
     trivial_merge,
 )
 
@@ -120,7 +121,7 @@ class Collection:
             sequence,
             bool(deleted),
             decode_stored(body),
-            doc_versions.parse_stored(hlv),
+            parse_stored(hlv),
         )
 
     def get_revision(
@@ -191,7 +192,7 @@ class Collection:
             sql += " LIMIT ?"
             params.append(limit)
         return [
-            Change(seq, doc_id, rev_id, bool(deleted), size, doc_versions.parse_stored(hlv))
+            Change(seq, doc_id, rev_id, bool(deleted), size, hlv)
             for seq, doc_id, rev_id, deleted, size, hlv in self._engine.query(sql, params)
         ]
 
@@ -357,7 +358,7 @@ class Collection:
             new_rev = revid.make(current, deleted, data)
             sequence = self._next_sequence(conn)
             tree.add(new_rev, current, deleted, sequence, data)
-            hlv = self._next_vector(conn, doc_versions.parse_stored(row.hlv) if row else None)
+            hlv = self._next_vector(conn, parse_stored(row.hlv) if row else None)
             self._save_tree(conn, doc_id, row, tree, new_rev, sequence, {new_rev: hlv})
         return Document(doc_id, new_rev, sequence, deleted, decode_stored(data), hlv)
 
@@ -479,7 +480,7 @@ class Collection:
                 )
         parent = chain[index] if index < len(chain) else None
         if row is not None and parent == row.rev_id:
-            parent_hlv = doc_versions.parse_stored(row.hlv)
+            parent_hlv = parse_stored(row.hlv)
         else:
             parent_hlv = doc_versions.revision_vector(conn, row.id, parent) if row else None
         linear = row is None or parent == row.rev_id or (parent is None and row.deleted)
@@ -528,7 +529,7 @@ class Collection:
             row.rev_id,
             row.deleted,
             sequence,
-            doc_versions.parse_stored(row.hlv),
+            parse_stored(row.hlv),
             row.base_legacy,
         )
 
@@ -676,7 +677,7 @@ class Collection:
         parent: str | None = None
         for node in tree.in_priority_order():
             text = vectors.get(node.rev_id)
-            stored = doc_versions.parse_stored(text) if text is not None else None
+            stored = parse_stored(text) if text is not None else None
             if (
                 stored is not None
                 and vector.contains(stored.cv)
@@ -858,7 +859,7 @@ def _revision(doc_id: str, row: Sequence[Any]) -> Revision:
         sequence,
         bool(deleted),
         bytes(body) if body is not None else None,
-        doc_versions.parse_stored(hlv),
+        hlv,
     )
 
 

@@ -19,7 +19,6 @@ Layout (schema version 3, added in place to older files):
 
 from __future__ import annotations
 
-import functools
 import sqlite3
 import threading
 import time
@@ -35,6 +34,7 @@ from fieldsync.store.versions import (
     HybridLogicalClock,
     SourceID,
     Version,
+    parse_stored,
 )
 
 _UPGRADE = """
@@ -171,18 +171,6 @@ def device_versions(engine: Engine) -> DeviceVersions:
 
 
 # -- per-document helpers (called by Collection inside its write transactions) ----------------
-
-
-def parse_stored(text: str | None) -> HLV | None:
-    """A vector read back from the store (written by this module, so always well formed)."""
-    return _parse_stored(text) if text is not None else None
-
-
-@functools.lru_cache(maxsize=2048)
-def _parse_stored(text: str) -> HLV:
-    # HLVs are immutable: a pull reads each document's vector twice (its change, then its
-    # revision) and parsing was ~8 % of a pull's CPU (perf, issue 13).
-    return HLV.parse(text, "stored vector")
 
 
 def revision_vector(conn: sqlite3.Connection, doc_key: int, rev_id: str | None) -> HLV | None:

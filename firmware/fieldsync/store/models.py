@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from fieldsync.store.versions import HLV, VersionWithLegacy
+from fieldsync.store.versions import HLV, VersionWithLegacy, parse_stored
 
 
 @dataclass(frozen=True)
@@ -34,8 +34,14 @@ class Revision:
     sequence: int
     deleted: bool
     body: bytes | None
-    #: The vector this revision carried (``None`` for revisions from before the upgrade).
-    version: HLV | None = None
+    #: The vector this revision carried, as stored (``None`` before the upgrade).
+    vector_text: str | None = None
+
+    @property
+    def version(self) -> HLV | None:
+        """The vector this revision carried (``None`` for revisions from before the upgrade),
+        parsed when asked for."""
+        return parse_stored(self.vector_text)
 
 
 @dataclass(frozen=True)
@@ -47,9 +53,14 @@ class Change:
     rev_id: str
     deleted: bool
     body_size: int
-    #: The document's current vector; ``None`` for a legacy document (CBMobile_4 peers then
-    #: see ``rev_id``).
-    version: HLV | None = None
+    #: The document's current vector as stored; ``None`` for a legacy document.
+    vector_text: str | None = None
+
+    @property
+    def version(self) -> HLV | None:
+        """The document's current vector; ``None`` for a legacy document (CBMobile_4 peers
+        then see ``rev_id``). Parsed when asked for: a 3.x session never asks (perf)."""
+        return parse_stored(self.vector_text)
 
 
 @dataclass(frozen=True)
