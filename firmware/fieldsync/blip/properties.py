@@ -19,18 +19,20 @@ def encode_properties(properties: Mapping[str, str] | Iterable[tuple[str, str]])
     encoded block exceeds :data:`MAX_PROPERTIES_SIZE`.
     """
     items = properties.items() if isinstance(properties, Mapping) else properties
-    out = bytearray()
-    for key, value in items:
-        for s in (key, value):
-            if not isinstance(s, str):
-                raise ValueError(f"BLIP property keys and values must be str, not {type(s)!r}")
-            if "\0" in s:
-                raise ValueError(f"BLIP property {key!r} contains a NUL character")
-            out += s.encode("utf-8")
-            out.append(0)
+    strings = [s for pair in items for s in pair]
+    if not all(isinstance(s, str) for s in strings):
+        bad = next(s for s in strings if not isinstance(s, str))
+        raise ValueError(f"BLIP property keys and values must be str, not {type(bad)!r}")
+    if not strings:
+        return b""
+    text = "\0".join(strings)
+    if text.count("\0") != len(strings) - 1:  # a string holds a NUL of its own
+        key = next(k for k, v in zip(strings[::2], strings[1::2], strict=True) if "\0" in k + v)
+        raise ValueError(f"BLIP property {key!r} contains a NUL character")
+    out = (text + "\0").encode("utf-8")
     if len(out) > MAX_PROPERTIES_SIZE:
         raise ValueError(f"BLIP properties too large ({len(out)} > {MAX_PROPERTIES_SIZE} bytes)")
-    return bytes(out)
+    return out
 
 
 def decode_properties(data: bytes | bytearray | memoryview) -> dict[str, str]:
@@ -45,14 +47,16 @@ def decode_properties(data: bytes | bytearray | memoryview) -> dict[str, str]:
         return {}
     if raw[-1] != 0:
         raise BLIPProtocolError("bad message properties: not NUL-terminated")
-    parts = raw[:-1].split(b"\0")
-    if len(parts) % 2:
-        raise BLIPProtocolError("bad message properties: odd number of strings (key without value)")
-    try:
-        strings = [p.decode("utf-8") for p in parts]
+    try:  # one decode: a NUL byte is never part of a longer UTF-8 sequence
+        strings = raw[:-1].decode("utf-8").split("\0")
     except UnicodeDecodeError as exc:
         raise BLIPProtocolError(f"bad message properties: invalid UTF-8 ({exc})") from None
-    result: dict[str, str] = {}
-    for i in range(0, len(strings), 2):
-        result.setdefault(strings[i], strings[i + 1])
+    if len(strings) % 2:
+        raise BLIPProtocolError("bad message properties: odd number of strings (key without value)")
+    keys = strings[::2]
+    result = dict(zip(keys, strings[1::2], strict=True))
+    if len(result) != len(keys):  # a key repeats: its first value wins
+        result = {}
+        for key, value in zip(keys, strings[1::2], strict=True):
+            result.setdefault(key, value)
     return result
