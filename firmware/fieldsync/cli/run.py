@@ -10,6 +10,7 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from fieldsync.cli.common import add_collection_option
@@ -52,7 +53,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     add_collection_option(parser, "serve only these collections (created if missing; repeatable)")
     parser.add_argument(
         "--workers",
-        type=_workers,
+        type=_whole_number(1),
         default=1,
         metavar="N",
         help="serve from N processes sharing the port, to use N cores with several phones "
@@ -62,7 +63,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--delta-sync", action="store_true", help="enable delta sync")
     parser.add_argument(
         "--reserve-free-mb",
-        type=_megabytes,
+        type=_whole_number(0, " of MiB"),
         metavar="MB",
         help="refuse pushes while less than MB MiB are free on the database's disk "
         "(default 64; 0 = no reserve)",
@@ -96,24 +97,19 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.set_defaults(func=run)
 
 
-def _workers(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
-    return value
+def _whole_number(minimum: int, unit: str = "") -> Callable[[str], int]:
+    """An argparse type: a whole number (of ``unit``) of at least ``minimum``."""
 
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number{unit}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be {minimum} or more, not {value}")
+        return value
 
-def _megabytes(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of MiB") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
-    return value
+    return parse
 
 
 def _settings(args: argparse.Namespace) -> ServeSettings:

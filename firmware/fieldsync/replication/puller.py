@@ -268,7 +268,7 @@ class Puller:
             return None
         body = request.body or b"{}"
         if properties.get("deltaSrc") or _may_name_blobs(body):
-            return self._handle_rev_slowly(request, collection, index, named, body)
+            return self._insert_rev(request, collection, index, named, body)
         self._stats.in_flight += 1
         try:
             stored = self._inserter.insert(collection, self._incoming(named, body))
@@ -311,20 +311,6 @@ class Puller:
         self._stats.in_flight -= 1
         self._sequence_done(index, request.properties.get("sequence"))
 
-    async def _handle_rev_slowly(
-        self,
-        request: IncomingRequest,
-        collection: ReplicatedCollection,
-        index: int | None,
-        named: VersionedRevision | IncomingRevision,
-        body: bytes,
-    ) -> None:
-        self._stats.in_flight += 1
-        try:
-            await self._insert_rev(request, collection, index, named, body)
-        finally:
-            self._rev_finished(request, index)
-
     def _delta_base(
         self, collection: ReplicatedCollection, doc_id: str, delta_source: str
     ) -> str | None:
@@ -352,12 +338,35 @@ class Puller:
         body: bytes,
     ) -> None:
         """A delta applied to its base, or a body whose blobs are fetched first; then stored."""
-        doc_id = named.doc_id
+        self._stats.in_flight += 1
+        try:
+            complete = await self._complete_body(request, collection, index, named.doc_id, body)
+            if complete is None:
+                return  # answered with an error
+            try:
+                result = await self._inserter.insert(collection, self._incoming(named, complete))
+            except StoreError as exc:
+                self._store_failed(request, named.doc_id, exc)
+                return
+            self._answer_stored(request, index, named.doc_id, result)
+        finally:
+            self._rev_finished(request, index)
+
+    async def _complete_body(
+        self,
+        request: IncomingRequest,
+        collection: ReplicatedCollection,
+        index: int | None,
+        doc_id: str,
+        body: bytes,
+    ) -> bytes | None:
+        """The body to store: a delta applied to its base, the blobs it names fetched first;
+        ``None`` once the request is answered with an error."""
         delta_source = request.properties.get("deltaSrc")
         if delta_source:
             if not self._accept_deltas:
                 request.respond_error("HTTP", 400, "delta sync is not enabled on this peer")
-                return
+                return None
             try:
                 base = self._delta_base(collection, doc_id, delta_source)
                 if base is None:
@@ -369,7 +378,7 @@ class Puller:
             except DeltaApplyError as exc:
                 log.info("%s: %s; asking for the full body", self._session.name, exc.message)
                 request.respond_error(DELTA_ERROR_DOMAIN, DELTA_ERROR_STATUS, exc.message)
-                return
+                return None
         if _may_name_blobs(body):
             try:
                 document = safejson.loads(body)
@@ -382,13 +391,8 @@ class Puller:
                     self._stats.record_error(str(exc))
                     status = 403 if isinstance(exc, BlobProofError) else 502
                     request.respond_error("HTTP", status, str(exc))
-                    return
-        try:
-            result = await self._inserter.insert(collection, self._incoming(named, body))
-        except StoreError as exc:
-            self._store_failed(request, doc_id, exc)
-            return
-        self._answer_stored(request, index, doc_id, result)
+                    return None
+        return body
 
     def _incoming(
         self, named: VersionedRevision | IncomingRevision, body: bytes
