@@ -252,6 +252,34 @@ async def test_a_killed_worker_is_replaced_and_the_others_keep_serving(tmp_path)
         assert db.default_collection.count() == 200
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_a_second_server_cannot_join_the_port_of_workers(tmp_path, workers: int) -> None:
+    """Workers share their port (SO_REUSEPORT); another fieldsync on it, with or without
+    workers, is refused as it would be without them, instead of taking some of the phones."""
+    server, port = await _start_server(tmp_path / "device", workers=2)
+    try:
+        env = dict(os.environ, PYTHONPATH=str(FIRMWARE))
+        command = [sys.executable, "-m", "fieldsync", "run", "--db", str(tmp_path / "other")]
+        command += ["--port", str(port), "--no-tls", "--workers", str(workers)]
+        second = subprocess.Popen(
+            command,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,  # _stop reaches its workers, should it start any
+        )
+        try:
+            out, err = await asyncio.to_thread(second.communicate, timeout=60)
+        finally:
+            _stop(second)
+        assert second.returncode == 1, out + err
+        assert "cannot listen" in err
+        assert len(_children(server.pid)) == 2 and server.poll() is None
+    finally:
+        _stop(server)
+
+
 def test_reads_do_not_wait_for_a_write_stuck_behind_another_process(tmp_path) -> None:
     """Another process holds the write lock; the writer thread's transaction waits for it;
     meanwhile reads (as the event loop makes them) answer from the committed state."""

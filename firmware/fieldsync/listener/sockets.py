@@ -62,9 +62,25 @@ def open_listening_socket(
 
     ``reuse_port``: several processes' sockets share the port and the kernel spreads new
     connections over those listening (``SO_REUSEPORT``: worker processes). ``listen=False``
-    only reserves the port (a socket that never listens gets no connections)."""
+    only reserves the port (a socket that never listens gets no connections); the port must
+    then be free, as without workers: a socket with ``SO_REUSEPORT`` would otherwise join the
+    group of another server already on it and take some of its phones."""
     if target.interface is not None and not interface_exists(target.interface):
         raise InterfaceError(f"network interface {target.interface!r} does not exist")
+    if reuse_port and not listen and port:
+        _bound(target, port, reuse_port=False).close()  # EADDRINUSE if anyone has it
+    sock = _bound(target, port, reuse_port=reuse_port)
+    try:
+        if listen:
+            sock.listen(128)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _bound(target: BindTarget, port: int, *, reuse_port: bool) -> socket.socket:
     host = target.address
     family = socket.AF_INET
     if host is None:
@@ -82,9 +98,6 @@ def open_listening_socket(
         if target.interface is not None:
             bind_socket_to_device(sock, target.interface)
         sock.bind((host, port))
-        if listen:
-            sock.listen(128)
-        sock.setblocking(False)
     except OSError:
         sock.close()
         raise
