@@ -11,6 +11,7 @@ import hashlib
 import os
 import re
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -250,6 +251,21 @@ async def test_a_killed_worker_is_replaced_and_the_others_keep_serving(tmp_path)
         _stop(server)
     with Database.open(tmp_path / "device", create=False) as db:
         assert db.default_collection.count() == 200
+
+
+async def test_workers_stop_when_their_parent_is_killed(tmp_path) -> None:
+    """No unsupervised worker keeps the port: SIGKILL of the parent stops the workers (they
+    get SIGTERM and close), and the port can be served again."""
+    server, port = await _start_server(tmp_path / "device", workers=2)
+    try:
+        workers = _children(server.pid)
+        os.kill(server.pid, signal.SIGKILL)
+        assert server.wait(timeout=30) == -signal.SIGKILL
+        await _until(lambda: not any(Path(f"/proc/{pid}").exists() for pid in workers), "exit")
+        again = socket.create_server(("127.0.0.1", port))  # free again
+        again.close()
+    finally:
+        _stop(server)
 
 
 @pytest.mark.parametrize("workers", [1, 2])

@@ -17,6 +17,7 @@ Pure process management: what a worker runs is the caller's ``serve_worker(index
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
 import signal
@@ -34,6 +35,7 @@ log = logging.getLogger("fieldsync.workers")
 RESTART_DELAY = 1.0
 
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_PR_SET_PDEATHSIG = 1
 
 
 def serve_in_workers(count: int, serve_worker: Callable[[int], int]) -> int:
@@ -90,12 +92,18 @@ def serve_in_workers(count: int, serve_worker: Callable[[int], int]) -> int:
 def _fork(index: int, serve_worker: Callable[[int], int]) -> int:
     sys.stdout.flush()
     sys.stderr.flush()
+    parent = os.getpid()
     pid = os.fork()
     if pid:
         return pid
-    # The worker: default signal handling until its event loop installs its own.
+    # The worker: default signal handling until its event loop installs its own, and stopped
+    # with its parent even if the parent is killed outright (no unsupervised worker keeps the
+    # port).
     for signum in _STOP_SIGNALS:
         signal.signal(signum, signal.SIG_DFL)
+    _stop_with_parent()
+    if os.getppid() != parent:  # it died before that took effect
+        os._exit(0)
     code = 1
     try:
         code = serve_worker(index)
@@ -107,6 +115,12 @@ def _fork(index: int, serve_worker: Callable[[int], int]) -> int:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
+
+
+def _stop_with_parent() -> None:
+    """SIGTERM this process when its parent dies (Linux ``PR_SET_PDEATHSIG``)."""
+    with contextlib.suppress(OSError, AttributeError):  # not Linux: no such call
+        ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM))
 
 
 def _describe(status: int) -> str:
