@@ -268,6 +268,29 @@ async def test_workers_stop_when_their_parent_is_killed(tmp_path) -> None:
         _stop(server)
 
 
+def test_a_worker_that_keeps_failing_at_start_stops_the_server() -> None:
+    """Worker 1 ends at once every time: after MAX_EARLY_ENDS tries the supervisor stops the
+    healthy worker 0 too and returns 1, instead of restarting forever."""
+    script = (
+        "import sys, time\n"
+        "from fieldsync.listener import prefork\n"
+        "prefork.RESTART_DELAY = 0.05\n"
+        "def serve(index):\n"
+        "    if index == 1:\n"
+        "        return 1\n"
+        "    time.sleep(600)\n"
+        "    return 0\n"
+        "sys.exit(prefork.serve_in_workers(2, serve))\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(FIRMWARE))
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.count("starting another") == 4
+    assert "5 times in a row right after starting; stopping" in done.stderr
+
+
 @pytest.mark.parametrize("workers", [1, 2])
 async def test_a_second_server_cannot_join_the_port_of_workers(tmp_path, workers: int) -> None:
     """Workers share their port (SO_REUSEPORT); another fieldsync on it, with or without

@@ -26,13 +26,17 @@ import time
 from collections.abc import Callable
 from types import FrameType
 
-__all__ = ["RESTART_DELAY", "serve_in_workers"]
+__all__ = ["EARLY_END_SECONDS", "MAX_EARLY_ENDS", "RESTART_DELAY", "serve_in_workers"]
 
 log = logging.getLogger("fieldsync.workers")
 
 #: A worker that dies is replaced after this long (seconds), so one that cannot start does not
 #: turn into a fork loop.
 RESTART_DELAY = 1.0
+#: A worker that ends this many times in a row, each within ``EARLY_END_SECONDS`` of its
+#: start, cannot serve: all are stopped and the server exits 1.
+MAX_EARLY_ENDS = 5
+EARLY_END_SECONDS = 10.0
 
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _PR_SET_PDEATHSIG = 1
@@ -40,7 +44,9 @@ _PR_SET_PDEATHSIG = 1
 
 def serve_in_workers(count: int, serve_worker: Callable[[int], int]) -> int:
     """Run ``serve_worker(index)`` in ``count`` forked processes until SIGINT/SIGTERM; replace
-    a worker that exits on its own. Returns 0 once all have stopped after a stop signal.
+    a worker that exits on its own. Returns 0 once all have stopped after a stop signal, or 1
+    after stopping them all because one kept failing at start (it cannot serve: a port or a
+    database it cannot open; a service manager may then restart the whole server).
 
     Call it with no event loop and no other thread running (fork copies only the caller's
     thread), and with nothing open that a worker must not share (database connections).
@@ -48,8 +54,10 @@ def serve_in_workers(count: int, serve_worker: Callable[[int], int]) -> int:
     if count < 1:
         raise ValueError("at least one worker is needed")
     stopping = False
+    failed = False
     workers: dict[int, int] = {}  # pid -> index
     started: dict[int, float] = {}  # index -> when its current process started
+    early_ends: dict[int, int] = {}  # index -> how many times in a row it ended soon after start
 
     def stop(signum: int, _frame: FrameType | None) -> None:
         nonlocal stopping
@@ -73,6 +81,20 @@ def serve_in_workers(count: int, serve_worker: Callable[[int], int]) -> int:
             index = workers.pop(pid, -1)
             if index < 0 or stopping:
                 continue
+            soon = time.monotonic() - started[index] < EARLY_END_SECONDS
+            early_ends[index] = early_ends.get(index, 0) + 1 if soon else 0
+            if early_ends[index] >= MAX_EARLY_ENDS:
+                log.error(
+                    "worker %d (pid %d) ended (%s) %d times in a row right after starting; "
+                    "stopping",
+                    index,
+                    pid,
+                    _describe(status),
+                    MAX_EARLY_ENDS,
+                )
+                failed = True
+                stop(signal.SIGTERM, None)
+                continue
             log.error(
                 "worker %d (pid %d) ended (%s); starting another", index, pid, _describe(status)
             )
@@ -86,7 +108,7 @@ def serve_in_workers(count: int, serve_worker: Callable[[int], int]) -> int:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-    return 0
+    return 1 if failed else 0
 
 
 def _fork(index: int, serve_worker: Callable[[int], int]) -> int:
