@@ -150,20 +150,20 @@ async def _push_raw(port: int, phone: int, acked: list[tuple[str, str]], docs: i
         await asyncio.gather(*replies, return_exceptions=True)
 
 
-async def _start_server(db_dir: Path, workers: int = 1) -> tuple[subprocess.Popen[str], int]:
-    """``fieldsync run`` in a session of its own (``os.killpg`` reaches its workers too);
-    returns it and its port once it prints its URL."""
+def _spawn_server(db_dir: Path, port: int, workers: int, stderr: int) -> subprocess.Popen[str]:
+    """``fieldsync run --no-tls`` in a session of its own (``os.killpg`` reaches its workers)."""
     env = dict(os.environ, PYTHONPATH=str(FIRMWARE), PYTHONUNBUFFERED="1")
-    command = [sys.executable, "-m", "fieldsync", "run", "--db", str(db_dir)]
-    command += ["--name", "device", "--port", "0", "--no-tls", "--workers", str(workers)]
-    server = subprocess.Popen(
-        command,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        start_new_session=True,
+    command = [sys.executable, "-m", "fieldsync", "run", "--db", str(db_dir), "--name", "device"]
+    command += ["--port", str(port), "--no-tls", "--workers", str(workers)]
+    return subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=stderr, text=True, start_new_session=True
     )
+
+
+async def _start_server(db_dir: Path, workers: int = 1) -> tuple[subprocess.Popen[str], int]:
+    """``fieldsync run`` on a port of the OS's choice; returns it and its port once it prints
+    its URL."""
+    server = _spawn_server(db_dir, 0, workers, subprocess.DEVNULL)
     assert server.stdout is not None
     while True:
         line = await asyncio.to_thread(server.stdout.readline)
@@ -297,17 +297,7 @@ async def test_a_second_server_cannot_join_the_port_of_workers(tmp_path, workers
     workers, is refused as it would be without them, instead of taking some of the phones."""
     server, port = await _start_server(tmp_path / "device", workers=2)
     try:
-        env = dict(os.environ, PYTHONPATH=str(FIRMWARE))
-        command = [sys.executable, "-m", "fieldsync", "run", "--db", str(tmp_path / "other")]
-        command += ["--port", str(port), "--no-tls", "--workers", str(workers)]
-        second = subprocess.Popen(
-            command,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            start_new_session=True,  # _stop reaches its workers, should it start any
-        )
+        second = _spawn_server(tmp_path / "other", port, workers, subprocess.PIPE)
         try:
             out, err = await asyncio.to_thread(second.communicate, timeout=60)
         finally:
