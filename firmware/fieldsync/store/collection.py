@@ -677,7 +677,7 @@ class Collection:
         parent: str | None = None
         for node in tree.in_priority_order():
             text = vectors.get(node.rev_id)
-            stored = parse_stored(text) if text is not None else None
+            stored = parse_stored(text)
             if (
                 stored is not None
                 and vector.contains(stored.cv)
