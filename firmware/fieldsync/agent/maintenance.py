@@ -120,6 +120,7 @@ class MaintenanceScheduler:
         self._clock = clock
         self._sleep = sleep
         self._task: asyncio.Task[None] | None = None
+        self._checking = asyncio.Lock()  # one check at a time: never two compactions at once
         self._housekeepers: dict[str, tuple[Database, Housekeeper]] = {}
         self._last_early: dict[str, float] = {}
         self._figures: dict[str, StorageFigures] = {}
@@ -171,7 +172,12 @@ class MaintenanceScheduler:
         }
 
     async def check(self) -> list[tuple[str, str]]:
-        """One look at every database: compact those that are due; ``[(name, reason)]``."""
+        """One look at every database: compact those that are due; ``[(name, reason)]``.
+        Checks run one after another, so one that starts while another runs sees its outcome."""
+        async with self._checking:
+            return await self._check()
+
+    async def _check(self) -> list[tuple[str, str]]:
         databases = dict(self._databases())
         await self._follow_housekeepers(databases)
         now = self._clock()
