@@ -34,6 +34,10 @@ class ReplicatedCollection(RevisionLookup, Protocol):
         self, doc_id: str, rev_id: str | None = None, *, with_body: bool = True
     ) -> Revision | None: ...
 
+    def get_revisions(
+        self, wanted: Sequence[tuple[str, str]]
+    ) -> dict[tuple[str, str], Revision | None]: ...
+
     def rev_history(self, doc_id: str, rev_id: str) -> list[str]: ...
 
     def changes_since(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import itertools
 import json
 import logging
 from collections import deque
@@ -39,7 +40,7 @@ from fieldsync.replication.ports import ReplicatedCollection
 from fieldsync.replication.pushmodes import ChangesMode, PushMode
 from fieldsync.replication.sequences import SequenceTracker
 from fieldsync.replication.stats import ReplicationStats
-from fieldsync.store import Change, find_blobs
+from fieldsync.store import Change, Revision, find_blobs
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,10 @@ log = logging.getLogger(__name__)
 MAX_REVS_QUEUED = 1000
 #: Bytes of ``rev`` messages a BLIP message header and properties add, roughly.
 _REV_OVERHEAD = 100
+#: Revisions read from the store with one query, at most, and the body bytes they may hold
+#: (the changes feed's sizes): a query per revision was the largest store cost of a pull.
+READ_AHEAD_REVS = 32
+READ_AHEAD_BYTES = 256 * 1024
 
 
 @dataclass
@@ -98,6 +103,8 @@ class Pusher:
         # (kMaxRevBytesAwaitingReply): with small documents the window holds ~2,000 revisions,
         # so the peer's inserter always has a full batch to commit.
         self._rev_queue: deque[tuple[Change, list[str], int, bool]] = deque()
+        # Revisions read ahead for the head of the queue, by (docID, revID); None: unknown.
+        self._read_ahead: dict[tuple[str, str], Revision | None] = {}
         self._rev_bytes_limit = MAX_REV_BYTES_AWAITING_REPLY
         self._rev_bytes = 0  # bytes sent and awaiting a reply
         self._revs_outstanding = 0  # queued or awaiting a reply
@@ -200,6 +207,7 @@ class Pusher:
             self.failed = task.exception()
 
     async def close(self) -> None:
+        self._read_ahead.clear()
         while self._rev_queue:
             change = self._rev_queue.popleft()[0]
             self._rev_finished(change)
@@ -366,7 +374,7 @@ class Pusher:
     ) -> None:
         """Send one revision (or a ``norev``); finished now, or when its reply arrives."""
         collection = self._collection
-        revision = collection.get_revision(change.doc_id, change.rev_id)
+        revision = self._read(change)
         properties: dict[str, str] = {}
         if revision is None or revision.body is None:
             current = collection.get_revision(change.doc_id)
@@ -435,6 +443,22 @@ class Pusher:
                 size,
             )
         )
+
+    def _read(self, change: Change) -> Revision | None:
+        """The revision ``change`` names, read with those queued behind it (one query for up
+        to READ_AHEAD_REVS revisions or READ_AHEAD_BYTES of bodies)."""
+        key = (change.doc_id, change.rev_id)
+        ahead = self._read_ahead
+        if key not in ahead:
+            wanted = [key]
+            size = change.body_size
+            for queued, *_ in itertools.islice(self._rev_queue, READ_AHEAD_REVS - 1):
+                size += queued.body_size
+                if size > READ_AHEAD_BYTES:
+                    break
+                wanted.append((queued.doc_id, queued.rev_id))
+            ahead = self._read_ahead = self._collection.get_revisions(wanted)
+        return ahead.pop(key)
 
     def _rev_replied(
         self,
