@@ -14,7 +14,19 @@ from tests.blip.test_blip_session import TIMEOUT, blip_pair
 from fieldsync.blip import BLIPSession, IncomingRequest
 from fieldsync.replication.pusher import READ_AHEAD_REVS, Pusher, PushOptions
 from fieldsync.replication.stats import ReplicationStats
-from fieldsync.store import Database
+from fieldsync.store import Collection, Database
+
+
+def _passive_pusher(session: BLIPSession, collection: Collection) -> Pusher:
+    return Pusher(
+        session,
+        collection,
+        None,
+        options=PushOptions(),
+        stats=ReplicationStats(),
+        notifier=None,
+        served_blobs=set(),
+    )
 
 
 async def test_revision_queued_as_the_sender_finishes_is_sent(tmp_path: Path) -> None:
@@ -32,15 +44,7 @@ async def test_revision_queued_as_the_sender_finishes_is_sent(tmp_path: Path) ->
 
     try:
         async with blip_pair(setup) as pair:
-            pusher = Pusher(
-                pair.client,
-                collection,
-                None,
-                options=PushOptions(),
-                stats=ReplicationStats(),
-                notifier=None,
-                served_blobs=set(),
-            )
+            pusher = _passive_pusher(pair.client, collection)
             finished = asyncio.get_running_loop().create_task(asyncio.sleep(0))
             await finished
             pusher._sender = finished  # left its loop; its done-callback is still to run
@@ -84,15 +88,7 @@ async def test_revisions_are_read_ahead_in_few_queries_and_sent_intact(tmp_path:
     collection.get_revisions = counting  # type: ignore[method-assign]
     try:
         async with blip_pair(setup) as pair:
-            pusher = Pusher(
-                pair.client,
-                collection,
-                None,
-                options=PushOptions(),
-                stats=ReplicationStats(),
-                notifier=None,
-                served_blobs=set(),
-            )
+            pusher = _passive_pusher(pair.client, collection)
             changes = collection.changes_since(0)
             collection.purge("d03")  # queued, then gone: a norev
             for change in changes:
