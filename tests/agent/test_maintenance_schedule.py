@@ -142,7 +142,7 @@ async def test_scheduler_compacts_early_when_space_runs_low(
         clock=fake.clock,
         sleep=fake.sleep,
     )
-    await scheduler.start()  # its loop checks once at once, racing the check below
+    await scheduler.start()  # its loop checks at once, racing the check below
     try:
         await scheduler.check()
         # whichever check came first compacted; the other saw it and did not compact again
