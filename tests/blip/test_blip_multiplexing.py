@@ -6,6 +6,8 @@ import hashlib
 import os
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from tests.blip.blip_link import Link
 from tests.blip.blip_reference import RefSender, props_block, read_varint, varint
 
@@ -219,6 +221,44 @@ def test_sender_pauses_at_128000_unacked_bytes_and_resumes_on_ack() -> None:
             sender.receive_frame(ack)
     (event,) = events
     assert isinstance(event, RequestReceived) and event.message.body == body
+
+
+def _unsent_reply_bytes(protocol: BLIPProtocol) -> int:
+    """What the replies queued or paused in ``protocol`` still hold, counted from scratch."""
+    queued = [*protocol._outbox, *protocol._icebox.values()]
+    return sum(len(seg) for msg in queued if msg.is_response for seg in msg._segments)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    replies=st.lists(
+        st.tuples(st.integers(0, 400_000), st.booleans(), st.integers(0, 4)), max_size=8
+    )
+)
+def test_pending_reply_bytes_follows_the_replies_as_frames_and_acks_go(
+    replies: list[tuple[int, bool, int]],
+) -> None:
+    """The reply budget's count (kept as frames are cut) always equals the unsent bytes of the
+    queued and ACK-paused replies, and reaches 0 once everything has gone."""
+    phone, device = BLIPProtocol(), BLIPProtocol()
+    for _ in replies:
+        phone.send_request({"Profile": "getCheckpoint"}, b"")
+    for frame in phone.frames_to_send():
+        device.receive_frame(frame)
+    for number, (size, compressed, frames) in enumerate(replies, start=1):
+        device.send_response(number, {"rev": "1-a"}, os.urandom(size), compressed=compressed)
+        for _ in range(frames):  # some frames go out between replies, some replies pause
+            frame = device.next_frame()
+            if frame is not None:
+                phone.receive_frame(frame)
+            assert device.pending_reply_bytes == _unsent_reply_bytes(device)
+    while device.has_pending_output:
+        for frame in device.frames_to_send():
+            phone.receive_frame(frame)
+            assert device.pending_reply_bytes == _unsent_reply_bytes(device)
+        for ack in phone.frames_to_send():
+            device.receive_frame(ack)
+    assert device.pending_reply_bytes == 0
 
 
 def test_unacked_count_never_exceeds_threshold_plus_one_frame() -> None:

@@ -141,6 +141,10 @@ class MessageAssembler:
     def _consume_length(self, data: memoryview) -> memoryview:
         length_bytes = self._length_bytes
         assert length_bytes is not None
+        if not length_bytes and data and data[0] < 0x80:  # a one-byte length, all at once
+            self._properties_size = data[0]  # < 128: below MAX_PROPERTIES_SIZE
+            self._length_bytes = None
+            return data[1:]
         i = 0
         while i < len(data):
             byte = data[i]

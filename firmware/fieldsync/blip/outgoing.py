@@ -38,6 +38,7 @@ class OutgoingMessage:
     __slots__ = (
         "_segments",
         "bytes_sent",
+        "bytes_unsent",
         "flags",
         "number",
         "type",
@@ -49,6 +50,8 @@ class OutgoingMessage:
         self.number = number
         self.flags = (int(flags) & ~(TYPE_MASK | MORE_COMING)) | int(msg_type)
         self._segments = [memoryview(d).cast("B") for d in data if len(d)]
+        #: Bytes of data not yet cut into frames.
+        self.bytes_unsent = sum(len(seg) for seg in self._segments)
         self.bytes_sent = 0
         self.unacked_bytes = 0
 
@@ -93,11 +96,6 @@ class OutgoingMessage:
         return bool(self._segments)
 
     @property
-    def bytes_unsent(self) -> int:
-        """Bytes of data not yet cut into frames."""
-        return sum(len(seg) for seg in self._segments)
-
-    @property
     def needs_ack(self) -> bool:
         """Too many bytes are unacknowledged: wait for an ACK before sending more."""
         return self.unacked_bytes >= MAX_UNACKED_BYTES
@@ -121,6 +119,7 @@ class OutgoingMessage:
                 pieces.append(seg[:limit])
                 segments[0] = seg[limit:]
                 limit = 0
+        self.bytes_unsent -= sum(len(piece) for piece in pieces)
         return pieces
 
     def next_frame(self, codec: Deflater, max_size: int) -> bytes:

@@ -81,6 +81,8 @@ class BLIPProtocol:
         self._inflater = Inflater()
         self._outbox = Outbox()
         self._icebox: dict[tuple[int, bool], OutgoingMessage] = {}
+        # Unsent bytes of our replies, queued or paused (kept as frames are cut, not summed).
+        self._reply_bytes = 0
         self._last_request_number = 0
         self._requests_received = 0
         # Peer requests still arriving, by number:
@@ -169,11 +171,13 @@ class BLIPProtocol:
             raise ValueError(
                 f"no peer request #{number} awaiting a reply (unknown, NoReply or already answered)"
             )
-        encoded = encode_properties(properties or {})
+        encoded = encode_properties(properties) if properties else b""
         _check_body(body)
         request_urgent = self._unanswered.pop(number)
         flags = _flags(urgent=request_urgent if urgent is None else urgent, compressed=compressed)
-        self._outbox.push(OutgoingMessage.build(msg_type, number, flags, encoded, body))
+        msg = OutgoingMessage.build(msg_type, number, flags, encoded, body)
+        self._reply_bytes += msg.bytes_unsent
+        self._outbox.push(msg)
 
     def is_awaiting_reply(self, request_number: int) -> bool:
         """True if the peer's request ``request_number`` was delivered and not yet answered."""
@@ -199,14 +203,7 @@ class BLIPProtocol:
     @property
     def pending_reply_bytes(self) -> int:
         """Unsent bytes of our replies to the peer's requests (queued or paused for an ACK)."""
-        total = 0
-        for msg in self._outbox:
-            if msg.is_response:
-                total += msg.bytes_unsent
-        for msg in self._icebox.values():
-            if msg.is_response:
-                total += msg.bytes_unsent
-        return total
+        return self._reply_bytes
 
     @property
     def unanswered_count(self) -> int:
@@ -217,6 +214,7 @@ class BLIPProtocol:
         """Drop every buffered message, in and out (the connection is gone)."""
         self._outbox = Outbox()
         self._icebox.clear()
+        self._reply_bytes = 0
         for assembler in (*self._incoming_requests.values(), *self._awaiting_replies.values()):
             if assembler is not None:
                 assembler.discard()  # closes its spool file at once
@@ -240,7 +238,10 @@ class BLIPProtocol:
             max_size = BIG_FRAME_SIZE
         else:
             max_size = DEFAULT_FRAME_SIZE  # a normal message yields to the urgent one behind it
+        unsent = msg.bytes_unsent
         frame = msg.next_frame(self._deflater, max_size)
+        if msg.is_response:
+            self._reply_bytes -= unsent - msg.bytes_unsent
         self.bytes_sent += len(frame)
         if msg.has_more_data:
             if msg.needs_ack:
@@ -306,15 +307,17 @@ class BLIPProtocol:
     def _budgets(
         self, assembler: MessageAssembler, flags: int, payload: memoryview
     ) -> PreparedFrame:
-        # Every message in progress shares one budget, so many partial messages cannot
-        # multiply the single-message limit; likewise for the bytes they keep in memory.
-        limits = self.limits
+        limit, memory = self._room(assembler)
         return PreparedFrame(
-            assembler,
-            flags,
-            payload,
-            assembler.size,
-            assembler.memory,
+            assembler, flags, payload, assembler.size, assembler.memory, limit, memory
+        )
+
+    def _room(self, assembler: MessageAssembler) -> tuple[int, int]:
+        """(size limit, memory allowance) of ``assembler``'s message. Every message in progress
+        shares one budget, so many partial messages cannot multiply the single-message limit;
+        likewise for the bytes they keep in memory."""
+        limits = self.limits
+        return (
             limits.max_message_size - (self._incoming_bytes - assembler.size),
             limits.max_incoming_memory - (self._incoming_memory - assembler.memory),
         )
@@ -328,21 +331,26 @@ class BLIPProtocol:
                 self._receive_ack(header.number, header.type == MessageType.ACKRPY, payload)
                 return []
             assembler = self._assembler(header.number, header.type, header.flags)
-            prepared = self._budgets(assembler, header.flags, frame[header.size :])
+            # What add_prepared does, without a PreparedFrame per frame (perf, issue 13).
+            size_before, memory_before = assembler.size, assembler.memory
+            limit, memory = self._room(assembler)
             try:
-                self.add_prepared(prepared)
+                complete = assembler.add_frame(
+                    frame[header.size :], header.flags, self._inflater, limit, memory
+                )
             finally:
-                self._account(prepared)
+                self._account(assembler, size_before, memory_before)
         else:
             assembler = prepared.assembler
-            self._account(prepared)
+            self._account(assembler, prepared.size_before, prepared.memory_before)
             if prepared.complete is None:
                 raise BLIPProtocolError("receive_frame got a prepared frame that was not added")
+            complete = prepared.complete
         if assembler.unacked_bytes >= ACK_INTERVAL:
             received = assembler.raw_bytes_received
             self._outbox.push(OutgoingMessage.ack(assembler.type, assembler.number, received))
             assembler.unacked_bytes = 0
-        if not prepared.complete:
+        if not complete:
             return []
         self._incoming_bytes -= assembler.size
         self._incoming_memory -= assembler.memory
@@ -355,10 +363,9 @@ class BLIPProtocol:
         del self._awaiting_replies[assembler.number]
         return [ResponseReceived(assembler.number, message)]
 
-    def _account(self, prepared: PreparedFrame) -> None:
-        assembler = prepared.assembler
-        self._incoming_bytes += assembler.size - prepared.size_before
-        self._incoming_memory += assembler.memory - prepared.memory_before
+    def _account(self, assembler: MessageAssembler, size_before: int, memory_before: int) -> None:
+        self._incoming_bytes += assembler.size - size_before
+        self._incoming_memory += assembler.memory - memory_before
         if self._incoming_bytes > self.peak_incoming_bytes:
             self.peak_incoming_bytes = self._incoming_bytes
         if self._incoming_memory > self.peak_incoming_memory:
