@@ -168,9 +168,16 @@ def test_rev_merge_in_sync_gateway_spelling() -> None:
 
 
 def test_legacy_rev_in_a_vv_session_is_a_rev_tree_insert() -> None:
-    got = read_rev(VV, {"id": "doc-000001", "rev": "2-245ff343", "history": LEGACY_1})
+    got = read_rev(VV, {"id": "doc-000001", "rev": "2-245ff343", "history": LEGACY_1}, b"{}")
     assert isinstance(got, IncomingRevision)
     assert got.rev_id == "2-245ff343" and list(got.history) == [LEGACY_1]
+    assert got.from_vv_peer and got.body == b"{}"  # its vector becomes the RTE form
+
+
+def test_rev_tree_session_reads_a_rev_with_its_body() -> None:
+    got = read_rev(RT, {"id": "d", "rev": "2-aa", "history": "1-bb"}, b'{"a":1}')
+    assert got == IncomingRevision("d", "2-aa", ["1-bb"], False, b'{"a":1}')
+    assert not got.from_vv_peer
 
 
 @pytest.mark.parametrize(

@@ -223,13 +223,14 @@ class VersionedRevision:
 
 
 def read_rev(
-    wire: WireFormat, properties: Mapping[str, str]
+    wire: WireFormat, properties: Mapping[str, str], body: bytes = b""
 ) -> VersionedRevision | IncomingRevision:
-    """What a received ``rev`` names, before its body is known.
+    """What a received ``rev`` names.
 
     Rev-tree sessions, and legacy revIDs in a version-vector session (a document the phone has
-    not saved since its upgrade), give an ``IncomingRevision`` with an empty body (the caller
-    fills it in); a version gives a ``VersionedRevision``. ``BadVersion`` names the property.
+    not saved since its upgrade), give an ``IncomingRevision`` with ``body`` (a delta's caller
+    replaces it with the whole body); a version gives a ``VersionedRevision``. ``BadVersion``
+    names the property.
     """
     doc_id = properties.get("id", "")
     rev = properties.get("rev", "")
@@ -254,8 +255,9 @@ def read_rev(
             rev_id=rev,
             history=history,
             deleted=deleted,
-            body=b"",
+            body=body,
             no_conflicts=no_conflicts,
+            from_vv_peer=wire.uses_versions,
         )
     version = parse_rev_history(rev, history_text)
     return VersionedRevision(doc_id, version, deleted, no_conflicts)
