@@ -24,8 +24,8 @@ import pytest
 from tests.listener.raw_blip import RawClient
 
 from fieldsync.replication.checkpoints import CollectionCheckpoint
-from fieldsync.replication.inserter import WRITER
 from fieldsync.replication.sequences import SequenceTracker
+from fieldsync.replication.writer import WRITER
 from fieldsync.replicator import Replicator, ReplicatorConfiguration, ReplicatorType
 from fieldsync.store import Database, IncomingRevision
 

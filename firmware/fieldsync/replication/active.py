@@ -28,7 +28,6 @@ from fieldsync.replication import checkpoints, conflicts, decisions, messages
 from fieldsync.replication.checkpoints import CHECKPOINT_SAVE_INTERVAL, CollectionCheckpoint
 from fieldsync.replication.deltas import make_delta_encoder
 from fieldsync.replication.errors import ReplicationError
-from fieldsync.replication.inserter import WRITER
 from fieldsync.replication.messages import encode_json, with_collection
 from fieldsync.replication.notifier import ChangeNotifier
 from fieldsync.replication.ports import ReplicatedCollection, ReplicatedDatabase
@@ -38,6 +37,7 @@ from fieldsync.replication.pushmodes import ProposeMode
 from fieldsync.replication.routing import CollectionRouter
 from fieldsync.replication.session import ReplicationSession
 from fieldsync.replication.stats import ReplicationStats
+from fieldsync.replication.writer import WRITER
 
 log = logging.getLogger(__name__)
 

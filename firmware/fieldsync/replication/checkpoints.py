@@ -21,10 +21,10 @@ from typing import Any
 
 from fieldsync import safejson
 from fieldsync.blip import BLIPSession, IncomingRequest
-from fieldsync.replication.inserter import WRITER
 from fieldsync.replication.messages import SET_CHECKPOINT, encode_json, with_collection
 from fieldsync.replication.ports import ReplicatedCollection, ReplicatedDatabase
 from fieldsync.replication.sequences import SequenceTracker
+from fieldsync.replication.writer import WRITER
 from fieldsync.store import CheckpointConflict, StoreError
 
 log = logging.getLogger(__name__)

@@ -21,12 +21,12 @@ import contextlib
 import logging
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 from fieldsync.replication.messages import INSERTION_BATCH_SIZE, INSERTION_DELAY
 from fieldsync.replication.ports import ReplicatedCollection, Transactional
+from fieldsync.replication.writer import WRITER
 from fieldsync.store import IncomingRevision, InsertResult
 from fieldsync.store.errors import storage_error
 from fieldsync.store.models import IncomingVersioned
@@ -37,8 +37,6 @@ log = logging.getLogger(__name__)
 #: What the inserter takes: a rev-tree revision, or (CBMobile_4) a revision named by a version.
 Incoming = IncomingRevision | IncomingVersioned
 
-#: The store-writer thread: every batch of received revisions commits here, one at a time.
-WRITER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fieldsync-store-writer")
 #: Most revisions in one transaction (a batch that grew while the previous one committed).
 MAX_BATCH = 500
 

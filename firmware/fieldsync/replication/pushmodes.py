@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from fieldsync.replication import decisions
-from fieldsync.replication.inserter import WRITER
 from fieldsync.replication.messages import CHANGES, PROPOSE_CHANGES, format_history
 from fieldsync.replication.ports import ReplicatedCollection
 from fieldsync.replication.versioning import PeerKey, WireFormat, delta_bases, outgoing_rev
+from fieldsync.replication.writer import WRITER
 from fieldsync.store import Change, Revision
 from fieldsync.store.versions import Version, legacy_matches
 
