@@ -5,13 +5,13 @@ the same way: up to 100 revisions or 20 ms). Each caller gets its own result onl
 transaction holding its revision has durably committed.
 
 Threading rule (issue 13): the transactions run on ONE store-writer thread per process
-(:data:`WRITER`), in submission order, never on the event loop: a commit's fsync, or a wait of
-seconds for another process's write lock, leaves every session's loop free (ACKs, pings,
-reads through the engine's reader connection). While a batch commits, the next one grows
-(up to :data:`MAX_BATCH`), so a busy peer gets fewer, larger transactions; and the batches of
-all sessions queued while the thread was busy commit together, in ONE transaction per
-database (one fsync for five phones). Results are handed back to each batch's loop only after
-that commit; nothing else crosses the seam.
+(:data:`~fieldsync.replication.writer.WRITER`), in submission order, never on the event
+loop: a commit's fsync, or a wait of seconds for another process's write lock, leaves every
+session's loop free (ACKs, pings, reads through the engine's reader connection). While a
+batch commits, the next one grows (up to :data:`MAX_BATCH`), so a busy peer gets fewer,
+larger transactions; and the batches of all sessions queued while the thread was busy commit
+together, in ONE transaction per database (one fsync for five phones). Results are handed
+back to each batch's loop only after that commit; nothing else crosses the seam.
 """
 
 from __future__ import annotations

@@ -1,8 +1,6 @@
-"""The store-writer thread: store writes run on ONE thread, in the order they were submitted.
+"""The store-writer thread (:data:`WRITER`): the writes sessions make, in submission order.
 
-Every transaction a session starts (revisions received, checkpoints, per-peer bookkeeping)
-runs on :data:`WRITER`, never on the event loop: a commit's fsync, or a wait of seconds for
-another process's write lock, leaves every session's loop free.
+Why the writes run there, and how revisions are batched for it: see ``inserter``.
 """
 
 from __future__ import annotations
