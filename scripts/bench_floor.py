@@ -17,8 +17,9 @@ bench_interop.py (utime+stime from /proc, peak RSS from VmHWM):
 
 The three floor servers answer only what a push asks (getCollections, getCheckpoint,
 proposeChanges, rev, setCheckpoint) and keep nothing but what ``store`` inserts: they are
-measuring tools, not peers. ``bench_floor.py --serve KIND --db DIR`` runs one and prints
-``port N``. Writes every round and the medians to ``--out``; skips (exit 0) without
+measuring tools, not peers. ``bench_floor.py --serve KIND --db DIR [--record FILE]`` runs
+one and prints ``port N`` (``--record``: appends every message received to FILE, for
+bench_replay.py). Writes every round and the medians to ``--out``; skips (exit 0) without
 ``FIELDSYNC_LITECORE_LIB``.
 """
 
@@ -38,10 +39,12 @@ import tempfile
 import time
 import zlib
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 if TYPE_CHECKING:  # the measuring side only: a floor server imports none of it
     from bench_interop import CblpeerClient, Server
+
+    from fieldsync.blip import BLIPSession
 
 FLOORS = ("raw", "session", "store")
 KINDS = (*FLOORS, "fieldsync", "litecore")
@@ -158,7 +161,8 @@ class _FloorStore:
         self._conn.execute("COMMIT")
 
 
-async def _serve_session(websocket: Any, store: _FloorStore | None) -> None:
+def floor_session(websocket: Any, store: _FloorStore | None = None) -> BLIPSession:
+    """fieldsync's BLIPSession answering a push: at once, or (``store``) once stored."""
     from fieldsync.blip import BLIPSession
 
     session = BLIPSession(websocket)
@@ -167,20 +171,50 @@ async def _serve_session(websocket: Any, store: _FloorStore | None) -> None:
         _kind, properties, reply = _answer(profile.encode())
         session.register(profile, lambda r, p=dict(properties), b=reply: r.respond(p, b))
     session.register("rev", store.add if store is not None else lambda r: r.respond())
-    await session.run()
+    return session
 
 
-async def _serve(kind: str, db_dir: Path) -> None:
+def write_frame(out: BinaryIO, frame: bytes) -> None:
+    """Append one received WebSocket message to a recording (``--record``)."""
+    out.write(len(frame).to_bytes(4, "big") + frame)
+
+
+def read_frames(path: Path) -> list[bytes]:
+    """The messages of a recording, in the order they arrived."""
+    data = path.read_bytes()
+    frames, pos = [], 0
+    while pos < len(data):
+        size = int.from_bytes(data[pos : pos + 4], "big")
+        frames.append(data[pos + 4 : pos + 4 + size])
+        pos += 4 + size
+    return frames
+
+
+async def _serve(kind: str, db_dir: Path, record: Path | None = None) -> None:
     from websockets.asyncio.server import serve
     from websockets.typing import Subprotocol
 
     store = _FloorStore(db_dir / "floor.sqlite3") if kind == "store" else None
 
     async def handler(websocket: Any) -> None:
-        if kind == "raw":
-            await _serve_raw(websocket)
-        else:
-            await _serve_session(websocket, store)
+        if record is not None:  # keep what the phone sends, for bench_replay.py
+            out = record.open("ab")
+            receive = websocket.recv
+
+            async def recv() -> Any:
+                frame = await receive()
+                write_frame(out, frame)
+                return frame
+
+            websocket.recv = recv
+        try:
+            if kind == "raw":
+                await _serve_raw(websocket)
+            else:
+                await floor_session(websocket, store).run()
+        finally:
+            if record is not None:
+                out.close()
 
     stop = asyncio.get_running_loop().create_future()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set_result, None)
@@ -200,11 +234,12 @@ async def _serve(kind: str, db_dir: Path) -> None:
 class FloorServer:
     """A floor server (``--serve KIND``) in its own process."""
 
-    def __init__(self, kind: str, db_dir: Path) -> None:
+    def __init__(self, kind: str, db_dir: Path, record: Path | None = None) -> None:
         db_dir.mkdir()
         self.label = kind
+        recording = ["--record", str(record)] if record is not None else []
         self.process = subprocess.Popen(
-            [sys.executable, __file__, "--serve", kind, "--db", str(db_dir)],
+            [sys.executable, __file__, "--serve", kind, "--db", str(db_dir), *recording],
             stdout=subprocess.PIPE,
             text=True,
         )
@@ -255,11 +290,12 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=600.0, help="per push, seconds")
     parser.add_argument("--serve", choices=FLOORS, help=argparse.SUPPRESS)
     parser.add_argument("--db", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--record", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
         import uvloop
 
-        uvloop.run(_serve(args.serve, args.db))
+        uvloop.run(_serve(args.serve, args.db, args.record))
         return 0
     from bench_interop import (
         LIB_ENV,
