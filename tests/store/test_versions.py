@@ -147,6 +147,14 @@ def test_vector_round_trip_byte_exact(text: str) -> None:
     assert str(HLV.parse(text)) == text
 
 
+@pytest.mark.parametrize("text", [f"18ecb6b1113c0000@{PASSIVE}", "1@" + PHONE])
+def test_single_version_vector_is_the_vector_of_that_version(text: str) -> None:
+    version = v(text)
+    assert vv.single_version_vector(version) == str(HLV(version)) == str(HLV(version).cv)
+    legacy = vv.legacy_version(R1)  # a legacy revID pushed by a 4.x phone
+    assert vv.single_version_vector(legacy) == str(HLV(legacy))
+
+
 def test_vector_without_semicolon_is_all_current() -> None:
     hlv = HLV.parse(f"18ecb6d0d9780000@{FAKE},18ecb6d0d9770000@WFhYWFhYWFhYWFhYWFhYWA")
     assert len(hlv.mv) == 1 and not hlv.pv

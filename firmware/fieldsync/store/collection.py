@@ -38,6 +38,7 @@ from fieldsync.store.versions import (
     merge,
     parse_revision,
     parse_stored,
+    single_version_vector,
     trivial_merge,
 )
 
@@ -455,14 +456,12 @@ class Collection:
         doc_rows = []
         rev_rows = []
         for key, (_, rev, data) in enumerate(fresh, start=last_key + 1):
-            if rev.from_vv_peer:
-                hlv = HLV(legacy_version(rev.rev_id))
-            else:
-                hlv = HLV(self._device.stamp(conn))
-            text = str(hlv)
+            version = legacy_version(rev.rev_id) if rev.from_vv_peer else self._device.stamp(conn)
+            # A first revision's vector is its one version: no HLV object per document (perf).
+            text = single_version_vector(version)
             sequence = self._next_sequence(conn)
             doc_rows.append((key, self.id, rev.doc_id, sequence, rev.rev_id, len(data), text))
-            rev_rows.append((key, rev.rev_id, sequence, data, text, str(hlv.cv)))
+            rev_rows.append((key, rev.rev_id, sequence, data, text, text))
         with self._engine.savepoint() as conn:
             _insert_rows(
                 conn,

@@ -244,6 +244,12 @@ def legacy_matches(rev_id: str, version: Version) -> bool:
 # -- vectors ------------------------------------------------------------------------------------
 
 
+def single_version_vector(version: Version) -> str:
+    """The text of the vector made of ``version`` alone, ``str(HLV(version))``: also the text
+    of its cv. Without building the HLV (per new document of a push; perf, issue 13)."""
+    return str(version)
+
+
 @dataclass(frozen=True, slots=True)
 class HLV:
     """A hybrid logical vector: current version, merge versions, previous versions."""
