@@ -13,7 +13,7 @@ from fieldsync import fastjson, safejson
 from fieldsync.store.errors import InvalidInput
 
 #: Top-level keys that carry revision metadata in other representations; never part of a body.
-SPECIAL_KEYS = ("_id", "_rev", "_deleted", "_revisions")
+SPECIAL_KEYS = frozenset(("_id", "_rev", "_deleted", "_revisions"))
 
 EMPTY_BODY = b"{}"
 
@@ -32,7 +32,7 @@ def clean_body(body: object) -> dict[str, Any]:
     """Check that ``body`` is a dict with string keys and drop the special metadata keys."""
     if not isinstance(body, dict):
         raise InvalidInput(f"document body must be a JSON object, got {type(body).__name__}")
-    if any(key in body for key in SPECIAL_KEYS):
+    if not SPECIAL_KEYS.isdisjoint(body):
         body = {k: v for k, v in body.items() if k not in SPECIAL_KEYS}
     return body
 

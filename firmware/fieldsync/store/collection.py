@@ -455,8 +455,9 @@ class Collection:
         (last_key,) = conn.execute("SELECT COALESCE(MAX(id), 0) FROM docs").fetchone()
         doc_rows = []
         rev_rows = []
+        device = self._device
         for key, (_, rev, data) in enumerate(fresh, start=last_key + 1):
-            version = legacy_version(rev.rev_id) if rev.from_vv_peer else self._device.stamp(conn)
+            version = legacy_version(rev.rev_id) if rev.from_vv_peer else device.stamp(conn)
             # A first revision's vector is its one version: no HLV object per document (perf).
             text = single_version_vector(version)
             sequence = self._next_sequence(conn)
