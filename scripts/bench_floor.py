@@ -57,26 +57,6 @@ _SYNC_FLUSH_TRAILER = b"\x00\x00\xff\xff"
 # -- the floor servers (run with --serve) -------------------------------------------------------
 
 
-def _uvarint(value: int) -> bytes:
-    out = bytearray()
-    while value >= 0x80:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-def _read_uvarint(data: bytes, pos: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        byte = data[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return value, pos
-        shift += 7
-
-
 def _answer(profile: bytes | None) -> tuple[int, list[tuple[str, str]], bytes]:
     """(frame type, properties, body) of the floor servers' reply to a push's request."""
     if profile == b"getCheckpoint":
@@ -91,26 +71,28 @@ def _answer(profile: bytes | None) -> tuple[int, list[tuple[str, str]], bytes]:
 
 
 async def _serve_raw(websocket: Any) -> None:
+    from fieldsync.blip.varint import decode_uvarint, encode_uvarint
+
     inflater = zlib.decompressobj(-15)
     crc = 0
     async for data in websocket:
-        number, pos = _read_uvarint(data, 0)
-        flags, pos = _read_uvarint(data, pos)
+        number, pos = decode_uvarint(data, 0)
+        flags, pos = decode_uvarint(data, pos)
         payload = data[pos:-4]
         body = (
             inflater.decompress(payload + _SYNC_FLUSH_TRAILER) if flags & _COMPRESSED else payload
         )
         if flags & _TYPE_MASK != _MSG or flags & _NO_REPLY:
             continue
-        length, pos = _read_uvarint(body, 0)
+        length, pos = decode_uvarint(body, 0)
         strings = body[pos : pos + length - 1].split(b"\0")  # key\0value\0...
         profile = dict(zip(strings[::2], strings[1::2], strict=True)).get(b"Profile")
         kind, properties, reply = _answer(profile)
         block = b"".join(f"{k}\0{v}\0".encode() for k, v in properties)
-        frame_data = _uvarint(len(block)) + block + reply
+        frame_data = encode_uvarint(len(block)) + block + reply
         crc = zlib.crc32(frame_data, crc)
         await websocket.send(
-            _uvarint(number) + _uvarint(kind) + frame_data + crc.to_bytes(4, "big")
+            encode_uvarint(number) + encode_uvarint(kind) + frame_data + crc.to_bytes(4, "big")
         )
 
 
