@@ -45,7 +45,7 @@ def parse(rev_id: str) -> ParsedRevID:
     return _parse(rev_id)
 
 
-@functools.lru_cache(maxsize=16384)
+@functools.lru_cache(maxsize=1024)
 def _parse(rev_id: str) -> ParsedRevID:
     match = _TREE_REVID.fullmatch(rev_id)
     if match is None:
