@@ -71,3 +71,59 @@ def test_a_subcommand_loads_only_its_own_module() -> None:
     every = _modules_after_build_parser([])
     assert {"fieldsync.cli.agent", "fieldsync.cli.status", "zeroconf"} <= every
     assert "status" in build_parser([]).format_help()
+
+
+_SERVE_WITHOUT_TLS = """
+import asyncio, json, sys
+from pathlib import Path
+from fieldsync.cli.main import build_parser
+from fieldsync.cli.run import _settings
+from fieldsync.listener import URLEndpointListener
+from fieldsync.listener.assembly import assemble
+from fieldsync.listener.auth import authenticate_request
+from fieldsync.store import Database
+
+async def serve(database):
+    argv = ["run", "--no-tls", "--port", "0"]
+    args = build_parser(argv).parse_args(argv)  # as `fieldsync run` builds it
+    built = assemble({"db": database}, _settings(args))
+    async with URLEndpointListener(built.configuration) as listener:
+        assert listener.port
+    authenticate_request(None)
+
+with Database.open(Path(sys.argv[1])) as database:
+    asyncio.run(serve(database))
+print(json.dumps(sorted(sys.modules)))
+"""
+
+
+def test_a_listener_without_tls_never_loads_cryptography(tmp_path: Path) -> None:
+    """``cryptography`` is ~9 MB of a ~45 MB process (issue 13): only TLS and client
+    certificates load it, so a listener without TLS, started and stopped, holds no part of it."""
+    done = subprocess.run(
+        [sys.executable, "-c", _SERVE_WITHOUT_TLS, str(tmp_path / "db")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    modules = set(json.loads(done.stdout))
+    assert "fieldsync.listener.listener" in modules
+    assert not {m for m in modules if m.split(".")[0] == "cryptography"}
+    assert "fieldsync.tls.identity" not in modules
+
+
+def test_the_certificate_authenticator_still_comes_from_the_auth_module() -> None:
+    """Loaded on first use (PEP 562), it is the TLS package's class, and it is recognised."""
+    from fieldsync.listener import auth
+    from fieldsync.tls import client_auth
+
+    assert auth.ListenerCertificateAuthenticator is client_auth.ListenerCertificateAuthenticator
+    assert auth.CertificateCallback is client_auth.CertificateCallback
+    authenticator = auth.ListenerCertificateAuthenticator(lambda chain: True)
+    assert auth.is_certificate_authenticator(authenticator)
+    assert not auth.is_certificate_authenticator(
+        auth.ListenerPasswordAuthenticator(lambda user, password: True)
+    )
+    with pytest.raises(AttributeError):
+        _ = auth.NoSuchName  # type: ignore[attr-defined]

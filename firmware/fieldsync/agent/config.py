@@ -22,7 +22,7 @@ from fieldsync.errors import FieldsyncError
 from fieldsync.listener.config import DEFAULT_PORT
 from fieldsync.listener.passwords import describe_password_hash_problem
 from fieldsync.store.names import is_valid_collection_name
-from fieldsync.tls.identity import DEFAULT_SERVER_ALIAS
+from fieldsync.tls import DEFAULT_SERVER_ALIAS
 from fieldsync.tls.keystore import DEVICE_KEYSTORE, validate_alias
 
 DEFAULT_CONFIG_PATH = Path("/etc/fieldsync/fieldsync.toml")

@@ -30,7 +30,7 @@ from fieldsync.listener.prefork import serve_in_workers
 from fieldsync.store import Database, StoreError
 from fieldsync.store.housekeeper import Housekeeper
 from fieldsync.store.paths import default_database_path
-from fieldsync.tls.identity import DEFAULT_SERVER_ALIAS
+from fieldsync.tls import DEFAULT_SERVER_ALIAS
 
 log = logging.getLogger("fieldsync.run")
 

@@ -12,13 +12,12 @@ import gc
 from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import uvloop
-from cryptography import x509
 
 from fieldsync.errors import FieldsyncError
-from fieldsync.listener.auth import ListenerCertificateAuthenticator, ListenerPasswordAuthenticator
+from fieldsync.listener.auth import ListenerPasswordAuthenticator
 from fieldsync.listener.config import (
     DEFAULT_PORT,
     Authenticator,
@@ -27,13 +26,13 @@ from fieldsync.listener.config import (
 from fieldsync.listener.listener import legacy_identity_labels
 from fieldsync.store import Collection, Database, InvalidInput
 from fieldsync.store.names import split_full_name
-from fieldsync.tls.identity import (
-    DEFAULT_SERVER_ALIAS,
-    ServerIdentity,
-    TLSIdentity,
-    TLSIdentityError,
-)
-from fieldsync.tls.keystore import Keystore, KeystoreError, default_keystore_path
+from fieldsync.tls import DEFAULT_SERVER_ALIAS
+
+# The TLS modules load cryptography (~9 MB of memory): only settings that use TLS or client
+# certificates import them, in the functions below.
+if TYPE_CHECKING:
+    from fieldsync.tls.identity import ServerIdentity
+    from fieldsync.tls.keystore import Keystore
 
 __all__ = [
     "Assembly",
@@ -91,6 +90,8 @@ class Assembly:
 def open_keystore(settings: ServeSettings) -> Keystore:
     """The keystore of ``settings``; unsafe permissions, a foreign owner or an unreadable
     key-encryption key are an AssemblyError."""
+    from fieldsync.tls.keystore import Keystore, KeystoreError, default_keystore_path
+
     path = settings.keystore or default_keystore_path()
     try:
         return Keystore(path, kek_file=settings.kek_file)
@@ -102,6 +103,9 @@ def resolve_identity(
     settings: ServeSettings, keystore: Keystore, database_names: Sequence[str]
 ) -> ServerIdentity:
     """The TLS identity to present (``TLSIdentity.server_identity``: the one alias rule)."""
+    from fieldsync.tls.identity import TLSIdentity, TLSIdentityError
+    from fieldsync.tls.keystore import KeystoreError
+
     try:
         return TLSIdentity.server_identity(
             settings.identity,
@@ -116,6 +120,10 @@ def resolve_identity(
 def load_authenticator(settings: ServeSettings) -> Authenticator | None:
     """Client certificates (``client_ca``), else passwords (``users``), else None."""
     if settings.client_ca:
+        from cryptography import x509
+
+        from fieldsync.tls.client_auth import ListenerCertificateAuthenticator
+
         roots: list[x509.Certificate] = []
         for path in settings.client_ca:
             try:

@@ -21,17 +21,18 @@ import binascii
 import logging
 import os
 import secrets
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-
-from cryptography import x509
+from typing import TYPE_CHECKING, TypeGuard
 
 from fieldsync.listener.passwords import hash_password, parse_password_hash, verify_password
-from fieldsync.tls.client_auth import (
-    AuthResult,
-    CertificateCallback,
-    ListenerCertificateAuthenticator,
-)
+from fieldsync.tls.authresult import AuthResult
+
+if TYPE_CHECKING:
+    from cryptography import x509
+
+    from fieldsync.tls.client_auth import CertificateCallback, ListenerCertificateAuthenticator
 
 __all__ = [
     "BASIC_CHALLENGE",
@@ -42,6 +43,7 @@ __all__ = [
     "authenticate_request",
     "check_basic_auth",
     "hash_password",
+    "is_certificate_authenticator",
     "load_users_file",
     "verify_password",
 ]
@@ -50,6 +52,32 @@ log = logging.getLogger(__name__)
 
 #: The ``WWW-Authenticate`` value of a 401 answer (what Couchbase Lite's own listener sends).
 BASIC_CHALLENGE = 'Basic charset="UTF-8"'
+
+#: What this module offers from ``fieldsync.tls.client_auth``, loaded when first asked for.
+_CERTIFICATE_NAMES = frozenset({"CertificateCallback", "ListenerCertificateAuthenticator"})
+
+
+def __getattr__(name: str) -> object:
+    # The certificate authenticator needs ``cryptography`` (~9 MB of memory): a listener with
+    # passwords or no authentication never loads it (PEP 562).
+    if name in _CERTIFICATE_NAMES:
+        from fieldsync.tls import client_auth
+
+        return getattr(client_auth, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def is_certificate_authenticator(
+    authenticator: object,
+) -> TypeGuard[ListenerCertificateAuthenticator]:
+    """Whether ``authenticator`` checks client certificates (and so needs TLS).
+
+    Asks without loading ``cryptography``: until its module is loaded, no such authenticator
+    can exist."""
+    client_auth = sys.modules.get("fieldsync.tls.client_auth")
+    return client_auth is not None and isinstance(
+        authenticator, client_auth.ListenerCertificateAuthenticator
+    )
 
 
 # -- passwords ---------------------------------------------------------------------------------
@@ -180,7 +208,7 @@ def authenticate_request(
     """Apply whichever authenticator is configured to one incoming connection; never raises."""
     if authenticator is None:
         return AuthResult.allowed(None)
-    if isinstance(authenticator, ListenerCertificateAuthenticator):
+    if is_certificate_authenticator(authenticator):
         return authenticator.authenticate(list(peer_chain or ()))
     if isinstance(authenticator, ListenerPasswordAuthenticator):
         return check_basic_auth(authenticator, authorization_header)

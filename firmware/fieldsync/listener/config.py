@@ -4,18 +4,22 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypeAlias
 
 from fieldsync.errors import FieldsyncError
-from fieldsync.listener.auth import ListenerCertificateAuthenticator, ListenerPasswordAuthenticator
+from fieldsync.listener.auth import ListenerPasswordAuthenticator, is_certificate_authenticator
 from fieldsync.store import Collection, Database
-from fieldsync.tls.identity import TLSIdentity
-from fieldsync.tls.keystore import Keystore
+
+if TYPE_CHECKING:  # TLS types: loaded (with cryptography) only where TLS is used
+    from fieldsync.tls.client_auth import ListenerCertificateAuthenticator
+    from fieldsync.tls.identity import TLSIdentity
+    from fieldsync.tls.keystore import Keystore
 
 #: The listener's TCP port unless configured (Couchbase Lite's own listener picks one; Sync
 #: Gateway's public port is 4984, which phones' apps are usually written against).
 DEFAULT_PORT = 4984
 
-Authenticator = ListenerPasswordAuthenticator | ListenerCertificateAuthenticator
+Authenticator: TypeAlias = "ListenerPasswordAuthenticator | ListenerCertificateAuthenticator"
 
 
 class ListenerConfigurationError(FieldsyncError, ValueError):
@@ -109,8 +113,3 @@ class URLEndpointListenerConfiguration:
         if self.collections is not None and any(c.database is database for c in self.collections):
             return {c.full_name: c for c in self.collections}
         return None
-
-
-def is_certificate_authenticator(authenticator: object) -> bool:
-    """Whether ``authenticator`` checks client certificates (and so needs TLS)."""
-    return isinstance(authenticator, ListenerCertificateAuthenticator)

@@ -15,8 +15,8 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
+from typing import TYPE_CHECKING
 
-from cryptography.x509 import Certificate
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
@@ -25,12 +25,13 @@ from websockets.typing import Subprotocol
 from fieldsync.blip import BLIPSession
 from fieldsync.blip.limits import MAX_WEBSOCKET_MESSAGE
 from fieldsync.listener import handshake
-from fieldsync.listener.auth import BASIC_CHALLENGE, authenticate_request
-from fieldsync.listener.authguard import AuthGuard, Busy, TooManyFailures
-from fieldsync.listener.config import (
-    URLEndpointListenerConfiguration,
+from fieldsync.listener.auth import (
+    BASIC_CHALLENGE,
+    authenticate_request,
     is_certificate_authenticator,
 )
+from fieldsync.listener.authguard import AuthGuard, Busy, TooManyFailures
+from fieldsync.listener.config import URLEndpointListenerConfiguration
 from fieldsync.listener.sockets import (
     BindTarget,
     format_url,
@@ -43,9 +44,12 @@ from fieldsync.replication.passive import PassiveReplicator
 from fieldsync.replication.stats import ReplicationStats
 from fieldsync.replication.versioning import WireFormat
 from fieldsync.store import Collection, Database, InvalidInput
-from fieldsync.tls.client_auth import ListenerCertificateAuthenticator
-from fieldsync.tls.context import peer_certificate_chain, server_ssl_context
-from fieldsync.tls.identity import DEFAULT_SERVER_ALIAS, TLSIdentity
+from fieldsync.tls import DEFAULT_SERVER_ALIAS
+
+if TYPE_CHECKING:  # the TLS modules load cryptography: only a TLS listener imports them
+    from cryptography.x509 import Certificate
+
+    from fieldsync.tls.identity import TLSIdentity
 
 log = logging.getLogger(__name__)
 
@@ -290,6 +294,9 @@ class URLEndpointListener:
     # -- TLS ----------------------------------------------------------------------------------
 
     def _make_tls(self) -> tuple[TLSIdentity, ssl.SSLContext]:
+        from fieldsync.tls.context import server_ssl_context
+        from fieldsync.tls.identity import TLSIdentity
+
         identity = self.config.tls_identity
         if identity is None:
             found = TLSIdentity.server_identity(
@@ -301,9 +308,7 @@ class URLEndpointListener:
             if found.replaced:
                 log.error("%s", found.replaced)
         authenticator = self.config.authenticator
-        client_auth = (
-            authenticator if isinstance(authenticator, ListenerCertificateAuthenticator) else None
-        )
+        client_auth = authenticator if is_certificate_authenticator(authenticator) else None
         return identity, server_ssl_context(identity, client_auth=client_auth)
 
     # -- the HTTP upgrade ---------------------------------------------------------------------
@@ -417,7 +422,11 @@ class URLEndpointListener:
 def _client_chain(connection: ServerConnection) -> list[Certificate]:
     """The client's TLS certificate chain (leaf first); empty without TLS or a certificate."""
     ssl_object = connection.transport.get_extra_info("ssl_object")
-    return peer_certificate_chain(ssl_object) if ssl_object is not None else []
+    if ssl_object is None:
+        return []
+    from fieldsync.tls.context import peer_certificate_chain
+
+    return peer_certificate_chain(ssl_object)
 
 
 def _peer_host(connection: ServerConnection) -> str:

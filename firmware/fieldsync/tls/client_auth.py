@@ -10,9 +10,7 @@ to :meth:`ListenerCertificateAuthenticator.authenticate`.
 from __future__ import annotations
 
 import datetime as dt
-import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -25,48 +23,11 @@ from cryptography.x509.verification import (
     VerificationError,
 )
 
+from fieldsync.tls.authresult import AuthResult
+
 __all__ = ["AuthResult", "CertificateCallback", "ListenerCertificateAuthenticator"]
 
-log = logging.getLogger(__name__)
-
 _MAX_REMEMBERED_INTERMEDIATES = 64
-
-
-@dataclass(frozen=True)
-class AuthResult:
-    """The outcome of one authentication: ``ok``, who (``username``), and why not (``reason``)."""
-
-    ok: bool
-    username: str | None = None
-    reason: str = ""
-
-    @classmethod
-    def allowed(cls, username: str | None) -> AuthResult:
-        return cls(True, username, "")
-
-    @classmethod
-    def denied(cls, reason: str, username: str | None = None) -> AuthResult:
-        return cls(False, username, reason)
-
-    @classmethod
-    def from_callback(
-        cls, decide: Callable[[], object], username: str | None, *, kind: str, refusal: str
-    ) -> AuthResult:
-        """The verdict of an application callback (``kind`` authenticator): True lets the
-        client in; False, anything not a bool, or an exception (logged) refuses it."""
-        try:
-            verdict = decide()
-        except Exception:
-            log.exception("%s authenticator callback failed for %r", kind, username)
-            return cls.denied("authenticator error", username)
-        if not isinstance(verdict, bool):
-            log.error(
-                "%s authenticator callback returned %s, not a bool; refusing",
-                kind,
-                type(verdict).__name__,
-            )
-            return cls.denied("authenticator error", username)
-        return cls.allowed(username) if verdict else cls.denied(refusal, username)
 
 
 CertificateCallback = Callable[[list[x509.Certificate]], bool]

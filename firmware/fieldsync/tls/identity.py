@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, ObjectIdentifier
 
 from fieldsync.errors import FieldsyncError
+from fieldsync.tls import DEFAULT_SERVER_ALIAS
 from fieldsync.tls.client_auth import ListenerCertificateAuthenticator
 from fieldsync.tls.context import server_ssl_context
 from fieldsync.tls.keystore import (
@@ -118,10 +119,6 @@ AttributeValue = str | bytes | ipaddress.IPv4Address | ipaddress.IPv6Address
 
 class TLSIdentityError(FieldsyncError, ValueError):
     """An identity cannot be created, imported or used; the message says why."""
-
-
-#: The identity a listener presents when none is configured (``fieldsync run`` and the agent).
-DEFAULT_SERVER_ALIAS = "fieldsync"
 
 
 def _utc_now() -> dt.datetime:
