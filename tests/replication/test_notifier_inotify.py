@@ -6,6 +6,7 @@ import asyncio
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -65,3 +66,32 @@ async def test_idle_database_is_not_polled_and_a_foreign_commit_wakes_the_feed(t
         finally:
             notifier.release()
         assert notifier._watch is None
+
+
+async def test_a_burst_of_writes_is_checked_every_few_ms_not_at_every_write(tmp_path) -> None:
+    """Our own pushes write the log at every batch: the notifier then checks at most every
+    RECHECK_DELAYS[0] s, not at every write, and still checks after the burst's last write."""
+    with Database.open(tmp_path / "db") as db:
+        counting = _CountingDatabase(db)
+        notifier = ChangeNotifier(counting)  # type: ignore[arg-type]
+        notifier.acquire()
+        try:
+            await asyncio.sleep(0.1)
+            before = counting.polls
+            scratch = Path(db.path) / "scratch"
+            writes = 300
+
+            def burst() -> None:
+                for i in range(writes):
+                    scratch.write_bytes(str(i).encode())
+                    time.sleep(0.001)
+
+            await asyncio.to_thread(burst)
+            during = counting.polls - before
+            await asyncio.sleep(0.2)  # both re-checks after the last write have run
+            after = counting.polls - before
+            assert 0 < during < writes / 2, f"{during} checks for {writes} writes"
+            assert after >= during + 2  # the re-checks 5 ms and 50 ms after the last write
+            assert notifier._recheck is None  # and then nothing more is scheduled
+        finally:
+            notifier.release()

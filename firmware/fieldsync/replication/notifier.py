@@ -8,7 +8,9 @@ Other processes' commits are noticed without polling where the OS allows (issue 
 an inotify watch on the database's folder fires when any process writes the write-ahead log,
 and ``poll_changes()`` runs then (plus two re-checks shortly after the last write: SQLite
 publishes a commit in the shared-memory index, which inotify does not see, just after its last
-log write). An idle device with continuous phones then wakes only for writes and pings.
+log write). A burst of writes (this process's own pushes write the log for every batch) is
+checked every few milliseconds, not at every write. An idle device with continuous phones then
+wakes only for writes and pings.
 Elsewhere (no inotify, or a database without a folder) it polls every :data:`POLL_INTERVAL`.
 """
 
@@ -27,7 +29,8 @@ from fieldsync.replication.ports import ReplicatedCollection, ReplicatedDatabase
 log = logging.getLogger(__name__)
 
 POLL_INTERVAL = 0.025
-#: After the last write seen by inotify, ``poll_changes()`` runs again after these delays.
+#: After the last write seen by inotify, ``poll_changes()`` runs again after these delays;
+#: during a burst of writes it runs every ``RECHECK_DELAYS[0]`` seconds.
 RECHECK_DELAYS = (0.005, 0.05)
 
 _IN_MODIFY = 0x002
@@ -76,7 +79,9 @@ class ChangeNotifier:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._users = 0
         self._watch: _FolderWatch | None = None
-        self._rechecks: list[asyncio.TimerHandle] = []
+        self._recheck: asyncio.TimerHandle | None = None
+        self._recheck_index = 0  # which of RECHECK_DELAYS the pending re-check is
+        self._written = False  # written since the last check
 
     def acquire(self) -> None:
         """Start watching (reference-counted: every acquire needs a release)."""
@@ -113,9 +118,9 @@ class ChangeNotifier:
         return watch
 
     def _stop_watch(self) -> None:
-        for handle in self._rechecks:
-            handle.cancel()
-        self._rechecks = []
+        if self._recheck is not None:
+            self._recheck.cancel()
+            self._recheck = None
         watch, self._watch = self._watch, None
         if watch is not None:
             if self._loop is not None:
@@ -128,10 +133,28 @@ class ChangeNotifier:
         if watch is None or loop is None:
             return
         watch.drain()
+        if self._recheck is not None:  # a burst: the pending re-check looks soon
+            self._written = True
+            return
         self._poll_once()
-        for handle in self._rechecks:
-            handle.cancel()
-        self._rechecks = [loop.call_later(delay, self._poll_once) for delay in RECHECK_DELAYS]
+        self._schedule_recheck(loop, 0)
+
+    def _schedule_recheck(self, loop: asyncio.AbstractEventLoop, index: int) -> None:
+        self._written = False
+        self._recheck_index = index
+        previous = RECHECK_DELAYS[index - 1] if index else 0.0
+        self._recheck = loop.call_later(RECHECK_DELAYS[index] - previous, self._recheck_due)
+
+    def _recheck_due(self) -> None:
+        loop = self._loop
+        self._recheck = None
+        self._poll_once()
+        if loop is None or self._watch is None:
+            return
+        if self._written:  # written again since: start over from the first delay
+            self._schedule_recheck(loop, 0)
+        elif self._recheck_index + 1 < len(RECHECK_DELAYS):
+            self._schedule_recheck(loop, self._recheck_index + 1)
 
     def _poll_once(self) -> None:
         """Check for other processes' commits unless the store is busy in another thread (its
