@@ -122,7 +122,12 @@ async def _replay(layer: str, frames: list[bytes], window: int, work: Path) -> N
         task = asyncio.ensure_future(connection.session.run())
     else:
         database = Database.open(work / "device", create=True)
-        session = connection.session = BLIPSession(connection, name="phone")
+        from fieldsync.replication import messages
+
+        # as the listener opens it (a tree from before SHARED_PROPERTY_STRINGS: without)
+        shared = getattr(messages, "SHARED_PROPERTY_STRINGS", None)
+        options = {"shared_strings": shared} if shared is not None else {}
+        session = connection.session = BLIPSession(connection, name="phone", **options)
         replicator = PassiveReplicator(
             session,
             database,

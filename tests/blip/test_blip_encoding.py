@@ -10,8 +10,10 @@ from hypothesis import strategies as st
 from tests.blip.blip_reference import read_varint, varint
 
 from fieldsync.blip import BLIPProtocolError, FrameFlags, MessageType
+from fieldsync.blip.events import RequestReceived
 from fieldsync.blip.frame import decode_header, encode_header
 from fieldsync.blip.properties import MAX_PROPERTIES_SIZE, decode_properties, encode_properties
+from fieldsync.blip.protocol import BLIPProtocol
 from fieldsync.blip.varint import decode_uvarint, encode_uvarint
 
 
@@ -129,6 +131,33 @@ def test_properties_round_trip(props: dict[str, str]) -> None:
     encoded = encode_properties(props)
     assert decode_properties(encoded) == props
     assert list(decode_properties(encoded)) == list(props)  # order kept
+
+
+@given(st.dictionaries(text, text, max_size=8), st.sets(text, max_size=8))
+def test_properties_decoded_with_shared_strings_are_equal_and_share(
+    props: dict[str, str], names: set[str]
+) -> None:
+    shared = {name: name for name in names}
+    decoded = decode_properties(encode_properties(props), shared)
+    assert decoded == props and list(decoded) == list(props)
+    for key, value in decoded.items():
+        for string in (key, value):
+            if string in shared:
+                assert string is shared[string]  # the one copy, not a new string
+
+
+def test_a_message_received_by_a_session_shares_its_property_strings() -> None:
+    shared = {s: s for s in ("Profile", "rev", "id", "sequence")}
+    sender, receiver = BLIPProtocol(), BLIPProtocol(shared_strings=shared)
+    sender.send_request({"Profile": "rev", "id": "doc-1", "sequence": "7"}, b"{}")
+    frame = sender.next_frame()
+    assert frame is not None
+    (message,) = [
+        e.message for e in receiver.receive_frame(frame) if isinstance(e, RequestReceived)
+    ]
+    keys = list(message.properties)
+    assert keys[0] is shared["Profile"] and message.properties["Profile"] is shared["rev"]
+    assert keys[1] is shared["id"] and message.properties["id"] == "doc-1"
 
 
 def test_properties_first_duplicate_wins() -> None:

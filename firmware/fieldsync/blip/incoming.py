@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from .compression import Inflater
 from .errors import BLIPLimitExceeded, BLIPProtocolError
 from .frame import CHECKSUM_SIZE, COMPRESSED, MORE_COMING, MessageType
@@ -35,6 +37,7 @@ class MessageAssembler:
         "_length_bytes",
         "_properties",
         "_properties_size",
+        "_shared_strings",
         "_spool",
         "_spool_dir",
         "flags",
@@ -47,7 +50,12 @@ class MessageAssembler:
     )
 
     def __init__(
-        self, msg_type: MessageType, number: int, flags: int, spool_dir: str | None = None
+        self,
+        msg_type: MessageType,
+        number: int,
+        flags: int,
+        spool_dir: str | None = None,
+        shared_strings: Mapping[str, str] | None = None,
     ) -> None:
         self.type = msg_type
         self.number = number
@@ -64,6 +72,7 @@ class MessageAssembler:
         self.memory = 0
         self._spool: Spool | None = None
         self._spool_dir = spool_dir
+        self._shared_strings = shared_strings
 
     @property
     def _label(self) -> str:
@@ -166,7 +175,7 @@ class MessageAssembler:
     def finish(self) -> Message:
         """The complete message (call after :meth:`add_frame` returned True); a spooled body
         passes to the message (see :attr:`Message.spooled`)."""
-        properties = decode_properties(self._properties)
+        properties = decode_properties(self._properties, self._shared_strings)
         body = b"".join(self._body)
         self._body = []
         self._properties = bytearray()

@@ -35,10 +35,14 @@ def encode_properties(properties: Mapping[str, str] | Iterable[tuple[str, str]])
     return out
 
 
-def decode_properties(data: bytes | bytearray | memoryview) -> dict[str, str]:
+def decode_properties(
+    data: bytes | bytearray | memoryview, shared: Mapping[str, str] | None = None
+) -> dict[str, str]:
     """Decode an encoded properties block into a dict.
 
-    When a key repeats, the first value wins (as LiteCore's lookup does). Raises
+    When a key repeats, the first value wins (as LiteCore's lookup does). A key or value found
+    in ``shared`` is given as the string ``shared`` holds, so that the messages waiting in a
+    queue share one copy of the names every message carries. Raises
     :class:`BLIPProtocolError` if the block does not end with NUL, has a key without a value
     or contains invalid UTF-8.
     """
@@ -53,6 +57,8 @@ def decode_properties(data: bytes | bytearray | memoryview) -> dict[str, str]:
         raise BLIPProtocolError(f"bad message properties: invalid UTF-8 ({exc})") from None
     if len(strings) % 2:
         raise BLIPProtocolError("bad message properties: odd number of strings (key without value)")
+    if shared:
+        strings = list(map(shared.get, strings, strings))
     keys = strings[::2]
     result = dict(zip(keys, strings[1::2], strict=True))
     if len(result) != len(keys):  # a key repeats: its first value wins

@@ -74,9 +74,13 @@ class BLIPProtocol:
         compression_level: int = DEFAULT_COMPRESSION_LEVEL,
         limits: BLIPLimits | None = None,
         spool_dir: str | None = None,
+        shared_strings: Mapping[str, str] | None = None,
     ) -> None:
         self.limits = limits if limits is not None else DEFAULT_LIMITS
         self.spool_dir = spool_dir
+        #: Property names and values every message carries: received messages share these
+        #: strings (see ``decode_properties``).
+        self.shared_strings = shared_strings
         self._deflater = Deflater(compression_level)
         self._inflater = Inflater()
         self._outbox = Outbox()
@@ -389,7 +393,9 @@ class BLIPProtocol:
                 CLOSE_POLICY_VIOLATION,
             )
         self._requests_received = number
-        assembler = MessageAssembler(MessageType.MSG, number, flags, self.spool_dir)
+        assembler = MessageAssembler(
+            MessageType.MSG, number, flags, self.spool_dir, self.shared_strings
+        )
         self._incoming_requests[number] = assembler
         return assembler
 
@@ -399,7 +405,9 @@ class BLIPProtocol:
             raise BLIPProtocolError(f"bad incoming reply #{number} ({state})")
         assembler = self._awaiting_replies[number]
         if assembler is None:
-            assembler = MessageAssembler(msg_type, number, flags, self.spool_dir)
+            assembler = MessageAssembler(
+                msg_type, number, flags, self.spool_dir, self.shared_strings
+            )
             self._awaiting_replies[number] = assembler
         return assembler
 

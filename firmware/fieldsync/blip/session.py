@@ -343,9 +343,13 @@ class BLIPSession:
 
     ``limits`` bounds what the peer can make this session hold (see
     :class:`~fieldsync.blip.limits.BLIPLimits`); large incoming messages wait in anonymous
-    temporary files in ``spool_dir`` (the system's temporary directory if ``None``). Once
-    closed, the session drops its handlers, queued messages and buffers at once, so nothing
-    waits for the cyclic garbage collector.
+    temporary files in ``spool_dir`` (the system's temporary directory if ``None``).
+    ``shared_strings``: property names and values the application's messages all carry, which
+    received messages then share (a 1 KB revision waits in the queue with ~0.5 KB of property
+    strings otherwise).
+
+    Once closed, the session drops its handlers, queued messages and buffers at once, so
+    nothing waits for the cyclic garbage collector.
     """
 
     def __init__(
@@ -355,6 +359,7 @@ class BLIPSession:
         name: str = "",
         limits: BLIPLimits | None = None,
         spool_dir: str | None = None,
+        shared_strings: Mapping[str, str] | None = None,
     ) -> None:
         self.name = name
         self.closed = False
@@ -363,7 +368,9 @@ class BLIPSession:
         #: Called with the session once it has closed.
         self.on_close: list[Callable[[BLIPSession], object]] = []
         self._ws = websocket
-        self._protocol = BLIPProtocol(limits=limits, spool_dir=spool_dir)
+        self._protocol = BLIPProtocol(
+            limits=limits, spool_dir=spool_dir, shared_strings=shared_strings
+        )
         self._limits = self._protocol.limits
         # Peer requests received, waiting for room in the reply budget before their handler runs.
         self._queued: deque[Message] = deque()

@@ -38,7 +38,7 @@ from fieldsync.listener.sockets import (
     open_listening_socket,
     usable_addresses,
 )
-from fieldsync.replication.messages import LISTENER_SUBPROTOCOLS
+from fieldsync.replication.messages import LISTENER_SUBPROTOCOLS, SHARED_PROPERTY_STRINGS
 from fieldsync.replication.notifier import ChangeNotifier
 from fieldsync.replication.passive import PassiveReplicator
 from fieldsync.replication.stats import ReplicationStats
@@ -382,7 +382,9 @@ class URLEndpointListener:
         info = ConnectionInfo(peer, database_name, user, subprotocol)
         self._connections[connection] = info
         spool = self.config.spool_directory or str(database.path)
-        session = BLIPSession(connection, name=peer, spool_dir=spool)
+        session = BLIPSession(
+            connection, name=peer, spool_dir=spool, shared_strings=SHARED_PROPERTY_STRINGS
+        )
         collections = self.config.collections_of(database) or _DatabaseCollections(database)
         replicator = PassiveReplicator(
             session,

@@ -170,7 +170,9 @@ class Replicator:
             ) from exc
         except (InvalidHandshake, OSError) as exc:
             raise ReplicationError(f"cannot connect to {endpoint}: {exc}") from exc
-        return BLIPSession(websocket, name=self.config.url)
+        return BLIPSession(
+            websocket, name=self.config.url, shared_strings=messages.SHARED_PROPERTY_STRINGS
+        )
 
     async def run(self) -> ReplicatorResult:
         """Replicate until done (one-shot) or until ``stop()`` (continuous)."""

@@ -35,6 +35,36 @@ NOREV = "norev"
 GET_ATTACHMENT = "getAttachment"
 PROVE_ATTACHMENT = "proveAttachment"
 
+#: Property names and values (most messages a phone sends are revisions: Profile, id, rev,
+#: sequence, noconflicts, ...). Our BLIP sessions give received messages these very strings,
+#: so the thousand revisions a LiteCore pusher keeps in flight share one copy (issue 13).
+SHARED_PROPERTY_STRINGS: Mapping[str, str] = {
+    s: s
+    for s in (
+        "Profile",
+        "collection",
+        "id",
+        "rev",
+        "sequence",
+        "noconflicts",
+        "history",
+        "deleted",
+        "deltaSrc",
+        "Error-Code",
+        "Error-Domain",
+        "0",
+        "1",
+        "true",
+        REV,
+        NOREV,
+        CHANGES,
+        PROPOSE_CHANGES,
+        GET_CHECKPOINT,
+        SET_CHECKPOINT,
+        GET_ATTACHMENT,
+    )
+}
+
 #: Profiles that address one collection (and so carry ``collection`` in collection-aware mode).
 COLLECTION_PROFILES = frozenset(
     {GET_CHECKPOINT, SET_CHECKPOINT, SUB_CHANGES, CHANGES, PROPOSE_CHANGES, REV, NOREV}
