@@ -76,6 +76,12 @@ class BLIPLimits:
     messages awaiting a reply (kMaxRevBytesAwaitingReply), ~2,000 open requests with 1 KB
     documents, so the queue must hold that window or a normal push gets 503s.
 
+    ``pause_reading_above``: bytes of peer requests waiting in that queue above which the
+    session stops reading the WebSocket, as long as none of our own requests awaits a reply
+    (whose reply must be read): the peer is then held back by TCP, its frames waiting in its
+    own buffers, instead of in this process's memory as Python objects (~2.5 times their size).
+    Reading resumes below half of it. 0: never pause (then only the limits above apply).
+
     ``max_pending_replies``: bytes of our replies waiting to go out. While above it, new peer
     requests wait before their handlers run (replies are built only when there is room), so a
     peer that does not read or ACK cannot make us queue unbounded replies.
@@ -92,6 +98,7 @@ class BLIPLimits:
     max_open_requests: int = 100
     max_queued_requests: int = 10_000
     max_queued_request_bytes: int = 8 * 1024 * 1024
+    pause_reading_above: int = 256 * 1024
     max_pending_replies: int = 4 * 1024 * 1024
     send_timeout: float = 60.0
     ack_timeout: float = 120.0
@@ -109,6 +116,8 @@ class BLIPLimits:
             raise ValueError(
                 "max_queued_requests and max_queued_request_bytes must not be negative"
             )
+        if self.pause_reading_above < 0:
+            raise ValueError("pause_reading_above must not be negative")
         if self.max_pending_replies < 0:
             raise ValueError("max_pending_replies must not be negative")
         if self.send_timeout <= 0 or self.ack_timeout <= 0:

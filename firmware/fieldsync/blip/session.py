@@ -375,6 +375,10 @@ class BLIPSession:
         # Peer requests received, waiting for room in the reply budget before their handler runs.
         self._queued: deque[Message] = deque()
         self._queued_bytes = 0
+        # run() waits on _read_room while the queue holds more than pause_reading_above bytes
+        # (and none of our requests awaits a reply); set again below half of it.
+        self._read_paused = False
+        self._read_room = asyncio.Event()
         self._refusals_logged = False
         self._handlers: dict[str, Handler] = {}
         self._large_profiles: set[str] = set()
@@ -465,6 +469,8 @@ class BLIPSession:
         if not no_reply:
             future = asyncio.get_running_loop().create_future()
             self._pending[number] = future
+            if self._read_paused:  # its reply must be read
+                self._read_room.set()
         self._wake()
         return future
 
@@ -491,8 +497,20 @@ class BLIPSession:
         self._loop = asyncio.get_running_loop()
         self._ensure_writer()
         unyielded = 0
+        pause_above = self._limits.pause_reading_above
         try:
             while not self.closed:
+                if (
+                    pause_above
+                    and self._queued_bytes > pause_above
+                    and not self._pending
+                    and not self._closing  # the peer's closing frame must be read
+                ):
+                    self._read_paused = True
+                    self._read_room.clear()
+                    await self._read_room.wait()
+                    self._read_paused = False
+                    continue
                 try:
                     data = await self._ws.recv()
                 except asyncio.CancelledError:
@@ -581,6 +599,8 @@ class BLIPSession:
                 return  # resumed when a handler finishes
             message = queued.popleft()
             self._queued_bytes -= _message_size(message)
+            if self._read_paused and self._queued_bytes <= limits.pause_reading_above // 2:
+                self._read_room.set()
             profile = message.profile or ""
             if body_size > limits.max_ordinary_body and profile not in self._large_profiles:
                 if message.spooled is not None:
@@ -809,6 +829,7 @@ class BLIPSession:
         if self.closed:
             return
         self._closing = True
+        self._read_room.set()
         if self._protocol.has_pending_output or self._sending:
             self._wake()
             try:
@@ -877,6 +898,7 @@ class BLIPSession:
             writer.cancel()
         self._drained.set()
         self._closed_event.set()
+        self._read_room.set()
         callbacks, self.on_close = self.on_close, []
         for callback in callbacks:
             try:
