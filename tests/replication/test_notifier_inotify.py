@@ -95,3 +95,28 @@ async def test_a_burst_of_writes_is_checked_every_few_ms_not_at_every_write(tmp_
             assert notifier._recheck is None  # and then nothing more is scheduled
         finally:
             notifier.release()
+
+
+async def test_a_write_after_a_quiet_spell_is_checked_at_once(tmp_path, monkeypatch) -> None:
+    """While only the late re-check is pending, a new write (another process's commit) is
+    checked at once, not when that re-check comes: device writes reach phones in ~30 ms."""
+    monkeypatch.setattr("fieldsync.replication.notifier.RECHECK_DELAYS", (0.005, 5.0))
+    with Database.open(tmp_path / "db") as db:
+        counting = _CountingDatabase(db)
+        notifier = ChangeNotifier(counting)  # type: ignore[arg-type]
+        notifier.acquire()
+        try:
+            scratch = Path(db.path) / "scratch"
+            scratch.write_bytes(b"1")
+            while notifier._recheck is None or notifier._recheck_index != 1:
+                await asyncio.sleep(0.005)  # the first re-check ran; the late one waits
+            before = counting.polls
+            scratch.write_bytes(b"2")
+            await asyncio.wait_for(_polled_after(counting, before), 2.0)
+        finally:
+            notifier.release()
+
+
+async def _polled_after(counting: _CountingDatabase, before: int) -> None:
+    while counting.polls == before:
+        await asyncio.sleep(0.005)

@@ -133,9 +133,11 @@ class ChangeNotifier:
         if watch is None or loop is None:
             return
         watch.drain()
-        if self._recheck is not None:  # a burst: the pending re-check looks soon
-            self._written = True
-            return
+        if self._recheck is not None:
+            if self._recheck_index == 0:  # a burst: the re-check due within 5 ms looks
+                self._written = True
+                return
+            self._recheck.cancel()  # the late re-check is too late for a new write
         self._poll_once()
         self._schedule_recheck(loop, 0)
 
