@@ -6,6 +6,7 @@ in order when written as one batch."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from tests.blip.test_blip_session import TIMEOUT, blip_pair
 
@@ -117,10 +118,9 @@ async def test_a_handler_returning_a_future_runs_until_it_resolves(caplog) -> No
     assert len(failures) == 2, failures  # "broken" and the failed future
 
 
-async def test_reading_pauses_while_the_queue_is_full_and_resumes_as_it_drains() -> None:
-    """Above ``pause_reading_above`` queued bytes the session stops reading (TCP holds the
-    peer back, not our memory), and reads on once handlers have taken half of it."""
-    release = asyncio.Event()
+def _slow_revs(release: asyncio.Event) -> Callable[[BLIPSession], None]:
+    """Server setup: reading pauses past 10,000 queued bytes, and ``rev`` handlers (2 at a
+    time) answer once ``release`` is set."""
     limits = BLIPLimits(max_open_requests=2, pause_reading_above=10_000)
 
     def setup(session: BLIPSession) -> None:
@@ -132,13 +132,22 @@ async def test_reading_pauses_while_the_queue_is_full_and_resumes_as_it_drains()
 
         session.register("rev", slow)
 
-    async with blip_pair(setup) as pair:
+    return setup
+
+
+async def _paused(session: BLIPSession) -> None:
+    while not session._read_paused:
+        await asyncio.sleep(0.01)
+
+
+async def test_reading_pauses_while_the_queue_is_full_and_resumes_as_it_drains() -> None:
+    """Above ``pause_reading_above`` queued bytes the session stops reading (TCP holds the
+    peer back, not our memory), and reads on once handlers have taken half of it."""
+    release = asyncio.Event()
+    async with blip_pair(_slow_revs(release)) as pair:
         futures = [pair.client.send_nowait("rev", {}, b"x" * 1000) for _ in range(200)]
         server = await pair.server_session()
-        for _ in range(200):
-            if server._read_paused:
-                break
-            await asyncio.sleep(0.01)
+        await asyncio.wait_for(_paused(server), TIMEOUT)
         await asyncio.sleep(0.2)  # paused: nothing more is read
         assert server._read_paused
         assert 10_000 < server._queued_bytes < 12_000  # one message past the mark, no more
@@ -151,23 +160,11 @@ async def test_a_paused_session_reads_on_while_its_own_request_awaits_a_reply() 
     """The reply to a request of ours may be behind the queued requests' frames: a session
     with a request awaiting its reply never pauses, or it would wait for itself."""
     release = asyncio.Event()
-    limits = BLIPLimits(max_open_requests=2, pause_reading_above=10_000)
-
-    def setup(session: BLIPSession) -> None:
-        session._limits = limits
-
-        async def slow(request: IncomingRequest) -> None:
-            await release.wait()
-            request.respond()
-
-        session.register("rev", slow)
-
-    async with blip_pair(setup) as pair:
+    async with blip_pair(_slow_revs(release)) as pair:
         pair.client.register("ping", lambda request: request.respond({}, b"pong"))
         futures = [pair.client.send_nowait("rev", {}, b"x" * 1000) for _ in range(200)]
         server = await pair.server_session()
-        while not server._read_paused:
-            await asyncio.sleep(0.01)
+        await asyncio.wait_for(_paused(server), TIMEOUT)
         reply = await asyncio.wait_for(server.request("ping"), TIMEOUT)
         assert reply is not None
         assert reply.body == b"pong"  # read although the queue was over the mark
@@ -180,22 +177,10 @@ async def test_a_paused_session_reads_on_while_its_own_request_awaits_a_reply() 
 async def test_a_paused_session_closes_at_once() -> None:
     """Closing (the listener stopping) does not wait behind a paused reader."""
     release = asyncio.Event()
-    limits = BLIPLimits(max_open_requests=2, pause_reading_above=10_000)
-
-    def setup(session: BLIPSession) -> None:
-        session._limits = limits
-
-        async def slow(request: IncomingRequest) -> None:
-            await release.wait()
-            request.respond()
-
-        session.register("rev", slow)
-
-    async with blip_pair(setup) as pair:
+    async with blip_pair(_slow_revs(release)) as pair:
         futures = [pair.client.send_nowait("rev", {}, b"x" * 1000) for _ in range(200)]
         server = await pair.server_session()
-        while not server._read_paused:
-            await asyncio.sleep(0.01)
+        await asyncio.wait_for(_paused(server), TIMEOUT)
         started = asyncio.get_running_loop().time()
         await asyncio.wait_for(server.close(), TIMEOUT)
         assert asyncio.get_running_loop().time() - started < 2.0
