@@ -43,8 +43,7 @@ SHARED_PROPERTY_STRINGS: Mapping[str, str] = {
     for s in (
         "Profile",
         "collection",
-        "id",
-        "rev",
+        "id",  # and "rev": REV below
         "sequence",
         "noconflicts",
         "history",
