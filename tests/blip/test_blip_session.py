@@ -354,3 +354,19 @@ async def test_send_after_close_raises() -> None:
         with pytest.raises(BLIPConnectionClosed):
             client.send_nowait("x")
         await asyncio.wait_for(client.run(), TIMEOUT)  # returns at once
+
+
+async def test_a_closing_session_gives_the_freed_heap_back(monkeypatch) -> None:
+    """An ordinary push leaves ~1 MB of fragmented heap that the next connection does not
+    reuse: every session that closes asks glibc to return its free pages (issue 13)."""
+    from fieldsync.blip import session as session_module
+
+    trims: list[int] = []
+    monkeypatch.setattr(session_module, "_malloc_trim", lambda pad: trims.append(pad) or 1)
+    monkeypatch.setattr(session_module, "_last_trim", 0.0)
+    monkeypatch.setattr(session_module, "_trim_scheduled", False)
+    async with blip_pair(setup_handlers) as pair:
+        await pair.client.request("echo", {}, b"x")
+        await pair.server_session()
+    await asyncio.wait_for(pair.server_done.wait(), TIMEOUT)
+    assert trims == [0]  # both ends closed within a second: one trim now, one scheduled

@@ -102,8 +102,6 @@ class BLIPProtocol:
         self._incoming_memory = 0
         #: Most of them ever kept in memory at once.
         self.peak_incoming_memory = 0
-        #: Most uncompressed bytes incoming messages in progress ever held at once.
-        self.peak_incoming_bytes = 0
         #: ACK frames received (a peer that stops ACKing leaves this unchanged).
         self.acks_received = 0
         self.bytes_received = 0
@@ -370,8 +368,6 @@ class BLIPProtocol:
     def _account(self, assembler: MessageAssembler, size_before: int, memory_before: int) -> None:
         self._incoming_bytes += assembler.size - size_before
         self._incoming_memory += assembler.memory - memory_before
-        if self._incoming_bytes > self.peak_incoming_bytes:
-            self.peak_incoming_bytes = self._incoming_bytes
         if self._incoming_memory > self.peak_incoming_memory:
             self.peak_incoming_memory = self._incoming_memory
 
